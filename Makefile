@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when absent and
+# install the project into it once; a stamp file makes a second run install nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch/torchvision are pinned to the pair that lies on this machine kind's disk (pip finds
+# them offline); other versions would download gigabytes.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/zoomloc demo --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean-demo:
+	rm -rf out/demo

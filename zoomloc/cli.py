@@ -1,0 +1,152 @@
+"""The ``zoomloc`` command line.
+
+Every command is a thin layer: parse arguments, call one library function, print its result.
+User mistakes surface as :class:`~zoomloc.errors.ZoomlocError` and are turned into one line on
+stderr and exit code 2 here, in :func:`main`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from zoomloc.errors import ZoomlocError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_build_pyramid(args: argparse.Namespace) -> None:
+    from zoomloc.pyramid import PyramidSpec, build_pyramid
+
+    spec = PyramidSpec(
+        k=args.grid,
+        levels=args.levels,
+        terminal_m=args.terminal_m,
+        side_m=args.side_m,
+        px=args.px,
+        context_factor=args.context,
+        bbox=tuple(args.bbox) if args.bbox else None,
+    )
+    summary = build_pyramid(args.city_dir, spec, out=args.out, progress=not args.quiet)
+    print(summary.describe())
+
+
+def _cmd_synth_city(args: argparse.Namespace) -> None:
+    from data_prep.synth import SynthCityConfig, synth_city
+
+    cfg = SynthCityConfig.from_yaml(args.config) if args.config else SynthCityConfig()
+    cfg = cfg.replace(seed=args.seed, size_m=args.size_m, gsd=args.gsd, images=args.images)
+    summary = synth_city(args.city_dir, cfg, progress=not args.quiet)
+    print(summary.describe())
+
+
+def _cmd_split(args: argparse.Namespace) -> None:
+    from data_prep.split import SplitConfig, split_city
+
+    cfg = SplitConfig(block_m=args.block_m, buffer_m=args.buffer_m, fractions=tuple(args.fractions), seed=args.seed)
+    summary = split_city(args.city_dir, cfg)
+    print(summary.describe())
+
+
+def _cmd_import_photos(args: argparse.Namespace) -> None:
+    from data_prep.photos import import_photos
+
+    summary = import_photos(args.src, args.city, link=args.link)
+    print(summary.describe())
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoomloc",
+        description="Tell where a street-level photo was taken by zooming into a satellite map.",
+        epilog="Run 'zoomloc COMMAND --help' for a command's options and an example.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable, help: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command(
+        "build-pyramid",
+        _cmd_build_pyramid,
+        "Render the satellite tile pyramid (pyramid.h5) of a city directory from its GeoTIFFs.",
+        "zoomloc build-pyramid cities/demo --grid 4 --levels 3 --terminal-m 39 --px 128",
+    )
+    p.add_argument("city_dir", type=Path, help="city directory with satellite/*.tif")
+    p.add_argument("--grid", type=int, default=4, help="k: each cell splits into k×k children (default 4)")
+    p.add_argument("--levels", type=int, default=3, help="L: zoom decisions per query (default 3)")
+    p.add_argument("--terminal-m", type=float, default=39.0, help="terminal cell side in metres (default 39)")
+    p.add_argument("--side-m", type=float, default=None, help="region side in metres (overrides --terminal-m)")
+    p.add_argument("--px", type=int, default=128, help="pixels per side of each stored view (default 128)")
+    p.add_argument("--context", type=float, default=3.0, help="terminal context crop side / terminal cell side (default 3)")
+    p.add_argument(
+        "--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), help="centre the region on this lon/lat box (default: the imagery)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output file (default CITY_DIR/pyramid.h5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(
+        "synth-city",
+        _cmd_synth_city,
+        "Generate a synthetic city directory: an orthophoto GeoTIFF and street-level photos of the same 2.5D scene.",
+        "zoomloc synth-city /tmp/city --seed 0 --size-m 1000 --images 2000",
+    )
+    p.add_argument("city_dir", type=Path, help="city directory to create")
+    p.add_argument("--config", type=Path, default=None, help="YAML city config (e.g. configs/cities/demo.yaml)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0 or the config's)")
+    p.add_argument("--size-m", type=float, default=None, help="side of the city square in metres (default 2500)")
+    p.add_argument("--gsd", type=float, default=None, help="orthophoto ground sampling distance, m/px (default 0.5)")
+    p.add_argument("--images", type=int, default=None, help="number of street-level photos (default 20000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(
+        "split",
+        _cmd_split,
+        "Split a city's photos into train/val/test by area (split.csv, split_areas.geojson).",
+        "zoomloc split cities/demo --block-m 200 --buffer-m 50 --fractions 0.8 0.1 0.1 --seed 0",
+    )
+    p.add_argument("city_dir", type=Path, help="city directory with streetview/metadata.csv")
+    p.add_argument("--block-m", type=float, default=200.0, help="side of the square blocks assigned to splits (default 200)")
+    p.add_argument("--buffer-m", type=float, default=50.0, help="minimum distance between photos of different splits (default 50)")
+    p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command(
+        "import-photos",
+        _cmd_import_photos,
+        "Import GPS-tagged photos (a folder, or a Mapillary-style CSV/GeoJSON) into a city directory.",
+        "zoomloc import-photos ~/photos --city cities/mytown",
+    )
+    p.add_argument("src", type=Path, help="folder of JPEG/PNG photos, or a CSV/GeoJSON of records beside their images")
+    p.add_argument("--city", type=Path, required=True, help="city directory to import into")
+    p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zoomloc`` console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except ZoomlocError as exc:
+        print(f"zoomloc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"zoomloc {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
