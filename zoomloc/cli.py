@@ -57,6 +57,13 @@ def _cmd_import_photos(args: argparse.Namespace) -> None:
     print(summary.describe())
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from zoomloc.demo import run_demo
+
+    for line in run_demo(args.out, args.config, progress=not args.quiet):
+        print(line)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoomloc",
@@ -130,6 +137,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="folder of JPEG/PNG photos, or a CSV/GeoJSON of records beside their images")
     p.add_argument("--city", type=Path, required=True, help="city directory to import into")
     p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
+
+    p = command(
+        "demo",
+        _cmd_demo,
+        "Build the embedded default demo city (synthetic city, split, pyramid) and run the main job on it.",
+        "zoomloc demo --out out/demo",
+    )
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    p.add_argument("--config", type=Path, default=None, help="demo config (default: the repository's configs/demo.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     return parser
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from zoomloc.errors import ConfigError
+from zoomloc.errors import ConfigError, InputError
 
 T = TypeVar("T")
 
@@ -52,8 +52,9 @@ def from_mapping(cls: type[T], data: Any, source: str | Path = "<config>", prefi
         raise ConfigError(f"missing required key '{prefix}{missing[0]}'", source)
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ checks of value ranges
-        raise ConfigError(f"{where}: {exc}", source) from None
+    except (ValueError, TypeError, InputError) as exc:  # __post_init__ checks of value ranges
+        problem = exc.problem if isinstance(exc, InputError) else str(exc)
+        raise ConfigError(f"{where}: {problem}", source) from None
 
 
 def _convert(value: Any, hint: Any, source: str | Path, key: str) -> Any:

