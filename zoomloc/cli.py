@@ -57,6 +57,26 @@ def _cmd_import_photos(args: argparse.Namespace) -> None:
     print(summary.describe())
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from zoomloc.train import RunConfig, load_run_config, train
+
+    if args.config is None and not args.resume:
+        raise ZoomlocError("--config is required for a new run (e.g. configs/zoom.yaml)")
+    cfg = load_run_config(args.config) if args.config else RunConfig()
+    summary = train(args.city_dir, cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if summary.out.exists():
+        print(summary.describe())
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    from zoomloc.localize import Localizer
+
+    pyramid = args.city_dir / "pyramid.h5"
+    loc = Localizer.load(args.model, pyramid, cache_dir=args.out, progress=not args.quiet)
+    g = loc.sat.grid
+    print(f"embedded {sum(g.n_cells(lv) for lv in range(g.levels + 1))} views of {pyramid} ({loc.sat.dim} dims)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from zoomloc.demo import run_demo
 
@@ -137,6 +157,29 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="folder of JPEG/PNG photos, or a CSV/GeoJSON of records beside their images")
     p.add_argument("--city", type=Path, required=True, help="city directory to import into")
     p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
+
+    p = command(
+        "train",
+        _cmd_train,
+        "Train a zoom model on a city's train split, selected by validation Recall@1 within 50 m.",
+        "zoomloc train cities/demo --config configs/zoom.yaml --out runs/demo",
+    )
+    p.add_argument("city_dir", type=Path, help="city directory with split.csv and pyramid.h5")
+    p.add_argument("--config", type=Path, default=None, help="run config YAML (model and training)")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write (checkpoints, metrics, curve)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command(
+        "embed",
+        _cmd_embed,
+        "Precompute the embedding of every pyramid view for a model (queries then cost one street pass).",
+        "zoomloc embed cities/demo --model runs/demo",
+    )
+    p.add_argument("city_dir", type=Path, help="city directory with pyramid.h5")
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
+    p.add_argument("--out", type=Path, default=None, help="cache folder (default CITY_DIR/embeddings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "demo",

@@ -61,6 +61,9 @@ class EncoderConfig:
     parameter groups from the end (stem, stages…, head; for EfficientNet-Lite0 the last group is
     stage 7 with the head). The paper fine-tunes only the last blocks; a frozen part also keeps
     its BatchNorm statistics, since updating them from zoom crops would drift the features.
+    ``freeze`` applies to the street encoder, ``sat_freeze`` to a separate satellite encoder
+    (a shared one follows ``freeze``). A fully frozen satellite encoder (the default) lets
+    training and inference read every view's embedding from a cache computed once.
 
     ``street_crop``: ``crop`` resizes the street image to cover ``street_size`` keeping its
     aspect and crops (centre at eval, random at train); ``halves`` does that to the left and
@@ -76,10 +79,12 @@ class EncoderConfig:
     train_zoom: float = 1.15  # train crops come from an image this much larger than the cover
     shared: bool = False
     freeze: str = "none"
+    sat_freeze: str = "all"
 
     def __post_init__(self) -> None:
-        if not _FREEZE.fullmatch(self.freeze):
-            raise ValueError(f"freeze must be none, all or all_but_last_N, got {self.freeze!r}")
+        for key in ("freeze", "sat_freeze"):
+            if not _FREEZE.fullmatch(getattr(self, key)):
+                raise ValueError(f"{key} must be none, all or all_but_last_N, got {getattr(self, key)!r}")
         if self.weights == "efficientnet-lite0" and self.name != _LITE0_MODEL:
             raise ValueError(
                 f"weights efficientnet-lite0 fit only the model {_LITE0_MODEL}, not {self.name} (use none, hub or a file)"
@@ -89,21 +94,26 @@ class EncoderConfig:
         if self.train_zoom < 1:
             raise ValueError(f"train_zoom must be >= 1, got {self.train_zoom}")
 
-    @property
-    def trainable_groups(self) -> int | None:
-        """How many trailing parameter groups train; None when nothing is frozen."""
-        if self.freeze == "none":
+    def trainable_groups(self, view: str = "street") -> int | None:
+        """How many trailing parameter groups of ``view``'s backbone train; None when nothing is frozen."""
+        freeze = self.sat_freeze if view == "sat" and not self.shared else self.freeze
+        if freeze == "none":
             return None
-        n = _FREEZE.fullmatch(self.freeze).group(1)
+        n = _FREEZE.fullmatch(freeze).group(1)
         return 0 if n is None else int(n)
+
+    @property
+    def sat_frozen(self) -> bool:
+        """True when satellite embeddings never change during training (so they can be cached)."""
+        return self.trainable_groups("sat") == 0
 
 
 # ----------------------------------------------------------------------------- backbones
-def build_backbone(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
-    """One timm backbone with ``cfg``'s weights and freezing; pooled features if ``num_classes=0``."""
+def build_backbone(cfg: EncoderConfig, num_classes: int = 0, view: str = "street") -> nn.Module:
+    """One timm backbone with ``cfg``'s weights and ``view``'s freezing; pooled features if ``num_classes=0``."""
     model = timm.create_model(cfg.name, pretrained=cfg.weights == "hub", num_classes=num_classes)
     load_weights(model, cfg.weights)
-    freeze_backbone(model, cfg.trainable_groups)
+    freeze_backbone(model, cfg.trainable_groups(view))
     return model
 
 
@@ -223,22 +233,23 @@ class ViewEncoders(nn.Module):
         super().__init__()
         self.cfg = cfg
         views = ("shared",) if cfg.shared else ("street", "sat")
-        self.backbones = nn.ModuleDict({v: build_backbone(cfg) for v in views})
+        self.backbones = nn.ModuleDict({v: build_backbone(cfg, view=v) for v in views})
         self.num_features: int = self.backbones[views[0]].num_features
 
-    def _backbone(self, view: str) -> nn.Module:
+    def backbone(self, view: str) -> nn.Module:
+        """The backbone encoding `view` ("street" or "sat"); the same object for both when shared."""
         return self.backbones["shared" if self.cfg.shared else view]
 
     def encode_street(self, images: Tensor) -> Tensor:
         """``[B, 3, h, w]`` or ``[B, n, 3, h, w]`` (n crops of one photo, averaged) → ``[B, D]``."""
         if images.dim() == 4:
-            return self._backbone("street")(images)
+            return self.backbone("street")(images)
         b, n = images.shape[:2]
-        return self._backbone("street")(images.flatten(0, 1)).view(b, n, -1).mean(1)
+        return self.backbone("street")(images.flatten(0, 1)).view(b, n, -1).mean(1)
 
     def encode_sat(self, images: Tensor) -> Tensor:
         """``[B, 3, s, s]`` → ``[B, D]``."""
-        return self._backbone("sat")(images)
+        return self.backbone("sat")(images)
 
     def train(self, mode: bool = True) -> ViewEncoders:
         """Train mode, except for norm layers whose parameters are frozen (their stats stay)."""
@@ -252,7 +263,7 @@ class ViewEncoders(nn.Module):
 
     def transforms(self) -> ViewTransforms:
         """Input transforms normalised as the backbone was trained."""
-        data = resolve_data_config({}, model=self._backbone("street"))
+        data = resolve_data_config({}, model=self.backbone("street"))
         return ViewTransforms(self.cfg, data["mean"], data["std"])
 
 

@@ -37,3 +37,7 @@ class PyramidError(InputError):
 
 class ConfigError(InputError):
     """A configuration file has an unknown key, a wrong type or a bad value."""
+
+
+class CheckpointError(InputError):
+    """A model checkpoint is unreadable, of another format version, or unsafe to load."""

@@ -1,0 +1,151 @@
+"""Training the zoom model on a tiny synthetic city, and what a trained run must guarantee."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import torch
+
+from zoomloc.checkpoint import load_model, save_checkpoint
+from zoomloc.cli import main
+from zoomloc.localize import Localizer
+from zoomloc.model import ZoomModel
+from zoomloc.pyramid import PyramidReader
+from zoomloc.train import load_run_config
+
+TINY_RUN = """
+model:
+  encoder: {{street_size: [64, 128], sat_size: 32, freeze: all}}
+  policy: {{width: 128, layers: 2, heads: 4}}
+train: {{steps: {steps}, batch_size: 32, lr: 5.0e-4, warmup_steps: 10,
+         val_every: {val_every}, val_queries: 200, log_every: 10, workers: {workers}}}
+"""
+
+
+def _config(tmp_path: Path, steps: int = 300, val_every: int = 150, workers: int = 2) -> Path:
+    path = tmp_path / f"run_{steps}_{workers}.yaml"
+    path.write_text(TINY_RUN.format(steps=steps, val_every=val_every, workers=workers))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_city, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "run"
+    assert main(["train", str(tiny_city), "--config", str(_config(tmp)), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_loss_and_beats_chance(trained_run):
+    records = _records(trained_run)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:2]), losses
+    val = [r for r in records if "val_step_accuracy" in r]
+    assert [r["step"] for r in val] == [150, 300]
+    chance = 100 / 16
+    # Free-running (greedy) accuracy of the first zoom decision on held-out photos.
+    assert val[-1]["val_step_accuracy"][0] > 2 * chance, val[-1]
+    for name in ("config.yaml", "best.safetensors", "last.safetensors", "train_state.pt", "curve.png"):
+        assert (trained_run / name).is_file(), name
+
+
+def test_best_checkpoint_is_the_best_validation(trained_run):
+    _, info = load_model(trained_run)
+    val = [r for r in _records(trained_run) if "val_recall_at_1" in r]
+    assert info["val"]["recall_at_1"]["50"] == max(r["val_recall_at_1"]["50"] for r in val)
+
+
+def test_checkpoint_reloads_to_identical_outputs(tiny_city, tmp_path):
+    with PyramidReader(tiny_city / "pyramid.h5") as pyr:
+        grid, views = pyr.grid, torch.from_numpy(pyr.views(1, np.arange(4))).permute(0, 3, 1, 2)
+    cfg = load_run_config(_config(tmp_path)).model
+    model = ZoomModel(cfg, grid).eval()
+    save_checkpoint(tmp_path / "m.safetensors", model, {"note": "x"})
+    again, info = load_model(tmp_path / "m.safetensors")
+    assert info == {"note": "x"}
+    images = torch.rand(4, 1, 3, 64, 128)
+    tf = model.encoders.transforms()
+    sats = torch.stack([tf.sat(v) for v in views])[None].expand(4, -1, -1, -1, -1)[:, :2]
+    paths = torch.tensor([[0, 5], [3, 3], [15, 0], [7, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, paths, sats)[0], again(images, paths, sats)[0], rtol=0, atol=0)
+
+
+def test_cached_embeddings_give_the_same_answers_as_live_encoding(trained_run, tiny_city):
+    loc = Localizer.load(trained_run, tiny_city / "pyramid.h5", progress=False)
+    photos = sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:12]
+    cached = loc.localize(photos, beam=3, topk=3)
+    cache_files = list((tiny_city / "embeddings").glob("sat_*.h5"))
+    assert cache_files, "the embeddings are cached beside the pyramid"
+
+    pyr = PyramidReader(tiny_city / "pyramid.h5")
+    tf = loc.model.encoders.transforms()
+
+    def live(paths: torch.Tensor) -> torch.Tensor:  # encode each view from the pyramid, now
+        level = paths.shape[1]
+        cells = pyr.grid.cell_of_path(paths.numpy())
+        views = pyr.context(cells) if level == pyr.grid.levels else pyr.views(level, cells)
+        x = torch.stack([tf.sat(torch.from_numpy(v).permute(2, 0, 1)) for v in views])
+        with torch.no_grad():
+            return loc.model.encode_sat(x)
+
+    loc.sat.of_paths = live  # the decoder asks for views through this one function
+    fresh = loc.localize(photos, beam=3, topk=3)
+    for a, b in zip(cached, fresh):
+        assert a.actions == b.actions
+        assert [c.path for c in a.candidates] == [c.path for c in b.candidates]
+        np.testing.assert_allclose([c.probability for c in a.candidates], [c.probability for c in b.candidates], rtol=1e-4)
+
+
+def test_localizer_results_are_consistent(trained_run, tiny_city):
+    loc = Localizer.load(trained_run, tiny_city / "pyramid.h5", progress=False)
+    photo = sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[0]
+    greedy = loc.localize([photo], beam=1, topk=1)[0]
+    beam = loc.localize([photo], beam=4, topk=4)[0]
+    assert len(beam.candidates) == 4
+    probs = [c.probability for c in beam.candidates]
+    assert probs == sorted(probs, reverse=True)
+    assert beam.probability >= greedy.probability - 1e-6  # a wider beam never finds a worse best path
+    step_product = np.prod([s.probability for s in greedy.path])
+    assert greedy.probability == pytest.approx(step_product, rel=1e-5)
+    grid = loc.model.grid
+    assert greedy.path[-1].cell == grid.cell_of_path(np.array(greedy.actions))
+    assert greedy.cell_polygons(grid)[-1].contains(shapely.Point(greedy.lon, greedy.lat))
+
+
+def test_two_process_ddp_trains(tiny_city, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "zoomloc", "train", str(tiny_city), "--config", str(_config(tmp_path, steps=6, val_every=6, workers=0)),
+           "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r["step"] for r in _records(out) if "loss" in r]
+    assert steps == [6]
+    assert (out / "last.safetensors").is_file()
+
+
+def test_train_refuses_to_overwrite_a_run(trained_run, tiny_city, tmp_path, capsys):
+    code = main(["train", str(tiny_city), "--config", str(_config(tmp_path)), "--out", str(trained_run), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(trained_run) in err and "--resume" in err and "\n" not in err
+
+
+def test_run_config_keys_are_checked(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {stepz: 3}\n")
+    assert main(["train", str(tmp_path), "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()

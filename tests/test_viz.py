@@ -1,0 +1,238 @@
+"""The interactive map: warped imagery lands on its coordinates, the HTML holds every layer and
+tooltip with no network needed, and headless Chromium shows the imagery where Leaflet puts its
+coordinates, with no JavaScript error.
+
+The synthetic city lies at 11.8°E 60°N, 2.8° east of UTM zone 32's central meridian, where grid
+north and map north differ by ~2.4°: an overlay merely stretched over the cells' lon/lat
+bounds would put features near the region's edge ~40 m (many screen pixels) off.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from pyproj import Transformer
+from rasterio.transform import from_origin
+
+from zoomloc.errors import InputError
+from zoomloc.grid import geodesic_m, utm_crs_for
+from zoomloc.localization import Candidate, Localization, Step
+from zoomloc.pyramid import PyramidReader, PyramidSpec, build_pyramid
+from zoomloc.viz import WEB_MERCATOR, default_imagery_level, localization_map, save_map, warp_to_web_mercator
+
+LON, LAT = 11.8, 60.0
+CRS = utm_crs_for(LON, LAT)
+RES, SIZE = 5.0, 440  # 2.2 km of imagery for a 2 km region
+FEATURES = [(-650.0, 650.0), (650.0, 650.0)]  # centres of magenta squares, metres east/north of the image centre
+FEATURE_M = 150.0
+MAGENTA = (255, 0, 255)
+SPEC = PyramidSpec(k=4, levels=2, terminal_m=None, side_m=2000.0, px=32)  # cells 500 m, 125 m
+CHROMIUM = shutil.which("chromium")
+NASTY = "<b>IMG_2</b> `${x}` C:\\new.jpg"  # HTML, and what would break folium's JS template literal
+NASTY_ESCAPED = "&lt;b&gt;IMG_2&lt;/b&gt; &#96;&#36;{x}&#96; C:&#92;new.jpg"
+
+
+def _centre_xy() -> tuple[float, float]:
+    x, y = Transformer.from_crs("EPSG:4326", CRS, always_xy=True).transform(LON, LAT)
+    return float(x), float(y)
+
+
+def _feature_lonlat() -> list[tuple[float, float]]:
+    cx, cy = _centre_xy()
+    to_wgs84 = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    return [to_wgs84.transform(cx + dx, cy + dy) for dx, dy in FEATURES]
+
+
+def _pattern() -> np.ndarray:
+    """Colourful noisy 4×4 blocks (no magenta in them) with the magenta FEATURES; [3, SIZE, SIZE]."""
+    rng = np.random.default_rng(0)
+    block = SIZE // 4
+    colours = rng.integers(30, 200, (4, 4, 3)).astype(np.int16)
+    colours[..., 1] = np.maximum(colours[..., 1], 120)  # green-ish: far from magenta
+    img = np.kron(colours, np.ones((block, block, 1), np.int16)) + rng.integers(-25, 25, (SIZE, SIZE, 3))
+    half = FEATURE_M / RES / 2
+    for dx, dy in FEATURES:
+        col, row = SIZE / 2 + dx / RES, SIZE / 2 - dy / RES
+        img[int(row - half) : int(row + half), int(col - half) : int(col + half)] = MAGENTA
+    return np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def pyramid_path(tmp_path_factory):
+    sat = tmp_path_factory.mktemp("viz") / "city" / "satellite"
+    sat.mkdir(parents=True)
+    cx, cy = _centre_xy()
+    transform = from_origin(cx - SIZE * RES / 2, cy + SIZE * RES / 2, RES, RES)
+    profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8", crs=CRS, transform=transform)
+    with rasterio.open(sat / "blocks.tif", "w", **profile) as ds:
+        ds.write(_pattern())
+    return build_pyramid(sat.parent, SPEC, progress=False).path
+
+
+def _localization(grid, image: str, dx: float, dy: float, truth: tuple[float, float] | None = None) -> Localization:
+    """A made-up localization of the terminal cell ``(dx, dy)`` metres from the image centre."""
+    cx, cy = _centre_xy()
+    x, y = cx + dx, cy + dy
+    actions = grid.path_of_xy(x, y)
+    steps = tuple(Step(i + 1, int(grid.cell_of_path(actions[: i + 1])), p) for i, p in enumerate((0.83, 0.61)))
+    paths = [grid.path_of_xy(x + ox * grid.terminal_m, y) for ox in (0, 1, -1)]
+    candidates = tuple(
+        Candidate(*map(float, grid.centre_lonlat_of_path(path)), p, tuple(int(a) for a in path))
+        for path, p in zip(paths, (0.5, 0.2, 0.1))
+    )
+    best = candidates[0]
+    return Localization(image, best.lon, best.lat, grid.terminal_m, best.probability, steps, candidates, *(truth or (None, None)))
+
+
+@pytest.fixture(scope="module")
+def rendered(pyramid_path, tmp_path_factory):
+    """The map of two localizations (one with its true position), saved; and the localizations."""
+    with PyramidReader(pyramid_path) as pyr:
+        truth = tuple(map(float, pyr.grid.to_lonlat(*np.add(_centre_xy(), (80.0, -60.0)))))
+        locs = [_localization(pyr.grid, "IMG_1.jpg", 0.0, 0.0, truth), _localization(pyr.grid, NASTY, 500.0, -500.0)]
+        path = tmp_path_factory.mktemp("map") / "map.html"
+        save_map(localization_map(locs, pyr), path)
+    return path, locs
+
+
+# ------------------------------------------------------------------------------ georeferencing
+def test_warp_puts_pixels_at_their_coordinates():
+    cx, cy = _centre_xy()
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    rgb[10:14, 180:184] = 255  # a 40 m bright square ~920 m from the centre, near the NE corner
+    bounds = (cx - 1000, cy - 1000, cx + 1000, cy + 1000)
+    rgba, ((south, west), (north, east)) = warp_to_web_mercator(rgb, bounds, CRS)
+
+    rows, cols = np.nonzero(rgba[..., 0] > 128)
+    to_merc = Transformer.from_crs("EPSG:4326", WEB_MERCATOR, always_xy=True)
+    (mx0, mx1), (my0, my1) = to_merc.transform([west, east], [south, north])
+    mx = mx0 + (cols.mean() + 0.5) / rgba.shape[1] * (mx1 - mx0)  # Leaflet stretches linearly in Mercator
+    my = my1 - (rows.mean() + 0.5) / rgba.shape[0] * (my1 - my0)
+    got = Transformer.from_crs(WEB_MERCATOR, "EPSG:4326", always_xy=True).transform(mx, my)
+    want = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(cx - 1000 + 182 * 10, cy + 1000 - 12 * 10)
+    assert geodesic_m(*got, *want) < 5.0  # half a source pixel; the convergence alone would make ~38 m
+    assert rgba[0, 0, 3] == 0 and rgba[-1, -1, 3] == 0  # the rotated square leaves transparent corners
+    assert (rgba[90:110, 90:110, 3] == 255).all()
+
+
+def test_default_imagery_level_is_the_deepest_mosaic_that_fits(pyramid_path):
+    with PyramidReader(pyramid_path) as pyr:
+        assert default_imagery_level(pyr.grid, pyr.px) == 1
+        assert default_imagery_level(pyr.grid, 1024) == 0  # 4 × 1024 px would be too big
+
+
+def test_imagery_level_without_views_is_an_input_error(pyramid_path):
+    with PyramidReader(pyramid_path) as pyr, pytest.raises(InputError, match="imagery level 2"):
+        localization_map([], pyr, imagery_level=2)
+
+
+# ------------------------------------------------------------------------------ the HTML
+def test_html_is_self_contained(rendered):
+    text = rendered[0].read_text()
+    assert not re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", text)
+    assert "data:text/javascript;base64," in text and "data:text/css;base64," in text
+    assert text.count("L.imageOverlay(") == 3  # the region, and the terminal context crop of each photo
+    assert text.count("data:image/webp;base64,") == 3
+    assert len(text) < 2_000_000
+    assert [p.name for p in rendered[0].parent.iterdir()] == ["map.html"]  # written atomically, nothing left over
+
+
+def test_html_has_layers_and_tooltips(rendered):
+    path, (loc1, loc2) = rendered
+    text = path.read_text()
+    overlays = re.search(r'overlays\s*:\s*\{(.*?)\}', text, re.S).group(1)
+    assert re.findall(r'"([^"]+)"\s*:', overlays) == ["satellite", "zoom path", "candidates", "predicted", "truth"]
+    for loc, name in ((loc1, "IMG_1.jpg"), (loc2, NASTY_ESCAPED)):
+        for i, step in enumerate(loc.path, start=1):
+            assert f"{name} — step {i}: cell {step.cell}, p={step.probability:.2f}" in text
+        assert f"{name} — candidate 1: p=0.50" in text and f"{name} — candidate 3: p=0.10" in text
+        assert f"{name} — predicted {loc.lat:.6f}, {loc.lon:.6f}" in text
+    assert "<b>IMG_2" not in text
+    assert re.search(rf'`<div>\s*{loc1.error_m:.0f} m\s*</div>`,\s*\{{\s*"permanent": true', text)
+    assert text.count("L.circleMarker(") == 3  # two predictions, one truth
+    assert text.count("L.polyline(") == 1
+
+
+# ------------------------------------------------------------------------------ in a browser
+# The map gets a fixed size: Chromium lays out --dump-dom and --screenshot runs with viewports of
+# different heights (the former less the hidden browser UI), and both must see one map.
+_INSTRUMENT = """<style>.folium-map { width: 1000px !important; height: 640px !important; }</style>
+<script>
+window.__errors = [];
+addEventListener("error", e => __errors.push(e.message || "failed to load " + (e.target.src || e.target.href || e.target)), true);
+addEventListener("unhandledrejection", e => __errors.push("unhandled rejection: " + e.reason));
+const __consoleError = console.error;
+console.error = (...args) => { __errors.push(args.join(" ")); __consoleError(...args); };
+</script>"""
+
+_REPORT = """<script>
+addEventListener("load", () => setTimeout(() => {
+  const report = {errors: __errors, leaflet: typeof L};
+  try {
+    const map = window[document.querySelector(".folium-map").id];
+    report.images = [...document.querySelectorAll("img.leaflet-image-layer")].map(i => i.complete && i.naturalWidth > 0);
+    report.features = FEATURES.map(f => map.latLngToContainerPoint(f));
+  } catch (e) { report.errors.push(String(e)); }
+  const pre = Object.assign(document.createElement("pre"), {id: "report", textContent: JSON.stringify(report)});
+  pre.style.display = "none";
+  document.body.appendChild(pre);
+}, 300));
+</script>"""
+
+
+def _chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,800",
+        "--force-device-scale-factor=1",
+        "--virtual-time-budget=5000",
+        *args,
+        url,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/install_chromium.sh installs it)")
+def test_browser_shows_aligned_imagery_without_errors(rendered, tmp_path):
+    features = json.dumps([[lat, lon] for lon, lat in _feature_lonlat()])
+    text = rendered[0].read_text().replace("<head>", "<head>" + _INSTRUMENT, 1)
+    page = tmp_path / "page.html"
+    page.write_text(text.replace("</html>", f"<script>const FEATURES = {features};</script>{_REPORT}</html>"))
+
+    dom = _chromium(tmp_path, page.as_uri(), "--dump-dom")
+    found = re.search(r'<pre id="report"[^>]*>(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"the page wrote no report; chromium said:\n{dom.stderr[-2000:]}"
+    report = json.loads(html.unescape(found.group(1)))
+    assert report["errors"] == []
+    assert report["leaflet"] == "object"
+    assert report["images"] == [True, True, True]
+
+    png = tmp_path / "page.png"
+    _chromium(tmp_path, page.as_uri(), f"--screenshot={png}")
+    shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert shot.shape == (800, 1000, 3)
+    centre = shot[170:470, 350:650].reshape(-1, 3)
+    assert centre.std(axis=0).mean() > 20 and len(np.unique(centre, axis=0)) > 1000, "no imagery on the page"
+    for point in report["features"]:
+        x, y = round(point["x"]), round(point["y"])
+        window = shot[y - 60 : y + 60, x - 60 : x + 60]
+        rows, cols = np.nonzero((window[..., 0] > 180) & (window[..., 1] < 100) & (window[..., 2] > 180))
+        assert len(rows) > 100, f"no magenta square near {x}, {y}"
+        offset = np.hypot(cols.mean() - 59.5, rows.mean() - 59.5)
+        assert offset < 4, f"the magenta square is {offset:.1f} px from where Leaflet puts its coordinates"

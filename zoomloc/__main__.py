@@ -1,0 +1,7 @@
+"""``python -m zoomloc``: the same as the ``zoomloc`` command (used under ``torchrun -m``)."""
+
+import sys
+
+from zoomloc.cli import main
+
+sys.exit(main())

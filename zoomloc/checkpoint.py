@@ -1,0 +1,119 @@
+"""Checkpoints that carry everything needed to rebuild a model, and cannot run code.
+
+A checkpoint is one ``.safetensors`` file: tensors only (no pickle, so loading a stranger's
+file cannot execute anything), plus string metadata holding the format version, the model
+config, the grid and training facts. Optimizer state for ``--resume`` lives beside it in a
+torch file read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from zoomloc.atomic import atomic_path
+from zoomloc.config import from_mapping
+from zoomloc.errors import CheckpointError, ConfigError
+from zoomloc.grid import ZoomGrid
+from zoomloc.model import ModelConfig, ZoomModel
+
+FORMAT_VERSION = 1
+BEST = "best.safetensors"  # selected by validation Recall@1 within 50 m
+LAST = "last.safetensors"  # the latest, for --resume
+TRAIN_STATE = "train_state.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, model: ZoomModel, info: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (its weights, config and grid) and ``info`` (JSON-able) atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(dataclasses.asdict(model.cfg)),
+        "grid": json.dumps(model.grid.to_attrs()),
+        "info": json.dumps(info or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ZoomModel, dict[str, Any]]:
+    """Rebuild the model stored at ``path`` (a checkpoint, or a run folder: its best one); eval mode.
+
+    Returns the model and the checkpoint's ``info``.
+    """
+    path = resolve_checkpoint(path)
+    metadata, state = _read(path)
+    try:
+        cfg = from_mapping(ModelConfig, json.loads(metadata["model_config"]), source=path)
+        grid = ZoomGrid.from_attrs(json.loads(metadata["grid"]))
+        info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, ValueError, ConfigError) as exc:
+        raise CheckpointError(f"broken metadata ({exc})", path) from None
+    # The weights come from the file: never read (or download) the encoder's initial weights.
+    cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, weights="none"))
+    model = ZoomModel(cfg, grid)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, unknown to the model"
+        raise CheckpointError(f"tensors do not fit the model its config describes: the file {what}", path)
+    return model.to(device).eval(), info
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the best checkpoint of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run folder without a checkpoint ({BEST} or {LAST})", path)
+    if not path.is_file():
+        raise CheckpointError("no such checkpoint", path)
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            version = metadata.get("format_version")
+            if version != str(FORMAT_VERSION):
+                raise CheckpointError(
+                    f"checkpoint format version {version or 'missing'}, this zoomloc reads version {FORMAT_VERSION}", path
+                )
+            return metadata, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a zoomloc checkpoint (safetensors: {str(exc).splitlines()[0]})", path) from None
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's tensors: names caches of embeddings made with these weights."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Optimizer, scheduler, step and RNG states for ``--resume`` (atomic)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read what :func:`save_train_state` wrote; ``weights_only`` so no pickle code runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError("no training state to resume from", path) from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, … for foreign files
+        raise CheckpointError(f"unreadable training state ({str(exc).splitlines()[0]})", path) from None

@@ -1,0 +1,185 @@
+"""Street-view samples of a city split, labelled on the zoom grid, and their augmentation.
+
+A sample is a photo plus its label on the grid: the action path of the terminal cell holding
+the camera and the camera's offset inside that cell. Augmentation imitates crowd-sourced
+photos (exposure and colour shifts, blur, JPEG artefacts; the encoder's transform adds the
+random crop), because a model trained on clean renders would fail on a phone's snapshot.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, Sampler
+
+from zoomloc.citydir import CityDir
+from zoomloc.encoders import ViewTransforms
+from zoomloc.errors import InputError
+from zoomloc.grid import ZoomGrid
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Photometric augmentation of street views at training time (probabilities and strengths)."""
+
+    colour: float = 0.3  # ColorJitter strength for brightness, contrast, saturation (hue: a third)
+    blur_p: float = 0.2
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 90)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.colour <= 1 and 0 <= self.blur_p <= 1 and 0 <= self.jpeg_p <= 1):
+            raise ValueError("augment strengths and probabilities must lie in [0, 1]")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality must be [low, high] within 1..100, got {self.jpeg_quality}")
+
+    def build(self) -> T.Transform:
+        """The transform on uint8 ``[3, H, W]`` tensors."""
+        c = self.colour
+        return T.Compose(
+            [
+                T.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 3, 0.5)),
+                T.RandomApply([T.GaussianBlur(5, sigma=(0.3, 1.5))], p=self.blur_p),
+                T.RandomApply([T.JPEG(list(self.jpeg_quality))], p=self.jpeg_p),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Photos of one split with their grid labels (arrays aligned by row)."""
+
+    image_ids: tuple[str, ...]
+    image_paths: tuple[Path, ...]
+    lon: np.ndarray
+    lat: np.ndarray
+    paths: np.ndarray  # [N, L] int64 action paths of the terminal cells
+    offsets: np.ndarray  # [N, 2] float32 (dx east, dy south) in terminal-cell sides, in [-0.5, 0.5)
+    outside: int  # photos of the split dropped because they lie outside the grid's region
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @classmethod
+    def from_city(cls, city: CityDir, split: str, grid: ZoomGrid) -> Samples:
+        """The photos of ``split`` (per split.csv) inside the grid's region."""
+        meta = city.read_metadata()
+        ids = city.read_split()
+        ids = ids.loc[ids["split"] == split, "image_id"]
+        meta = meta.set_index("image_id").loc[lambda m: m.index.isin(set(ids))]
+        if meta.empty:
+            raise InputError(f"no photo of the {split!r} split", city.split_csv)
+        x, y = grid.to_xy(meta["lon"].to_numpy(), meta["lat"].to_numpy())
+        inside = grid.contains_xy(x, y)
+        x, y, meta = x[inside], y[inside], meta[inside]
+        if meta.empty:
+            raise InputError(f"every photo of the {split!r} split lies outside the pyramid's region", city.split_csv)
+        rows, cols = grid.rowcol_of_xy(x, y)
+        bounds = grid.bounds_of_rowcol(rows, cols, grid.levels)
+        size = grid.terminal_m
+        offsets = np.stack([(x - bounds[:, 0]) / size - 0.5, (bounds[:, 3] - y) / size - 0.5], axis=1)
+        return cls(
+            image_ids=tuple(meta.index),
+            image_paths=tuple(city.image_path(i) for i in meta.index),
+            lon=meta["lon"].to_numpy(),
+            lat=meta["lat"].to_numpy(),
+            paths=grid.path_of_rowcol(rows, cols, grid.levels),
+            offsets=offsets.astype(np.float32),
+            outside=int((~inside).sum()),
+        )
+
+    def subset(self, n: int, seed: int = 0) -> Samples:
+        """At most ``n`` samples drawn without replacement (a fixed validation subset)."""
+        if n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return Samples(
+            tuple(self.image_ids[i] for i in idx),
+            tuple(self.image_paths[i] for i in idx),
+            self.lon[idx],
+            self.lat[idx],
+            self.paths[idx],
+            self.offsets[idx],
+            self.outside,
+        )
+
+
+def load_photo(path: str | Path) -> Image.Image:
+    """An RGB photo, upright per its EXIF orientation; one-line error for unreadable files."""
+    try:
+        with Image.open(path) as img:
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except FileNotFoundError:
+        raise InputError("no such photo", path) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable image ({str(exc).splitlines()[0]})", path) from None
+
+
+class StreetDataset(Dataset):
+    """Street views of :class:`Samples` as encoder inputs, with their labels.
+
+    Items are asked for as ``i`` (no augmentation) or ``(i, key)``: the augmentation of a
+    training item is drawn from a generator seeded by ``key``, so it depends on the sample and
+    the training step alone — not on worker processes or on where a resumed run restarted.
+    """
+
+    def __init__(self, samples: Samples, transforms: ViewTransforms, augment: AugmentConfig | None = None):
+        self.samples = samples
+        self.transforms = transforms
+        self.augment = augment.build() if augment is not None else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, key = item if isinstance(item, tuple) else (item, None)
+        image = T.functional.pil_to_tensor(load_photo(self.samples.image_paths[i]))
+        if self.augment is not None and key is not None:
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
+                torch.manual_seed(key)
+                image = self.augment(image)
+                street = self.transforms.street(image, train=True, rng=random.Random(key))
+        else:
+            street = self.transforms.street(image)
+        return {
+            "image": street,
+            "path": torch.from_numpy(self.samples.paths[i]),
+            "offset": torch.from_numpy(self.samples.offsets[i]),
+            "index": torch.tensor(i),
+        }
+
+
+class StepBatches(Sampler):
+    """Training batches of ``(sample, augmentation key)``, a pure function of (seed, step).
+
+    Each epoch is a seeded permutation of the samples, cut into batches of ``batch_size`` per
+    process (the last, incomplete batch dropped) and dealt to ranks in turn. Starting at
+    ``start_step`` yields exactly what an uninterrupted run would from there: ``--resume``
+    continues bit for bit.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.steps, self.rank, self.world = start_step, steps, rank, world
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch < 1:
+            raise InputError(f"{n} training photos cannot fill one batch of {batch_size} on {world} process(es)")
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start_step, 0)
+
+    def __iter__(self):
+        perm, perm_epoch = None, -1
+        for step in range(self.start_step, self.steps):
+            epoch, b = divmod(step, self.per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+                perm_epoch = epoch
+            first = (b * self.world + self.rank) * self.batch_size
+            yield [(int(i), (self.seed * 1_000_003 + step) * 1_000_003 + int(i)) for i in perm[first : first + self.batch_size]]

@@ -1,0 +1,135 @@
+"""Embeddings of every pyramid view, computed once, so a query costs one street pass.
+
+With a frozen satellite encoder the embedding of a cell's view never changes, so all of them
+are computed once per (pyramid, encoder weights) and stored in HDF5. Inference then costs one
+street-view encoder pass plus L small policy steps whatever the map size, and training reads
+the same table instead of encoding L views per sample.
+
+HDF5 layout (``zoomloc embed``)::
+
+    level_{l}   [k^(2l), D] float32   view embeddings of the cells of level l = 0..L-1
+    terminal    [k^(2L), D] float32   embeddings of the terminal cells' context crops
+    attrs: format_version, fingerprint (encoder weights), pyramid (file identity), grid attrs
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from zoomloc.atomic import atomic_path
+from zoomloc.encoders import ViewEncoders
+from zoomloc.errors import PyramidError
+from zoomloc.grid import ZoomGrid
+from zoomloc.pyramid import PyramidReader
+
+FORMAT_VERSION = 1
+BATCH = 64
+
+
+@dataclass
+class SatEmbeddings:
+    """A table of view embeddings per level (``levels[l]``: ``[k^(2l), D]``) plus the terminal context crops."""
+
+    grid: ZoomGrid
+    levels: list[Tensor]
+    terminal: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.terminal.shape[1]
+
+    def of_paths(self, paths: Tensor) -> Tensor:
+        """Embeddings ``[N, D]`` of the cells named by ``paths`` ``[N, l]`` (l = L: the context crop)."""
+        level = paths.shape[1]
+        table = self.terminal if level == self.grid.levels else self.levels[level]
+        cells = torch.from_numpy(self.grid.cell_of_path(paths.cpu().numpy())).to(table.device)
+        return table[cells]
+
+    def of_prefixes(self, paths: Tensor, upto: int) -> Tensor:
+        """``[N, upto, D]``: for each path, the embeddings of its prefixes of length 0..upto-1 (teacher forcing)."""
+        return torch.stack([self.of_paths(paths[:, :i]) for i in range(upto)], dim=1)
+
+    def to(self, device: torch.device | str) -> SatEmbeddings:
+        return SatEmbeddings(self.grid, [t.to(device) for t in self.levels], self.terminal.to(device))
+
+
+@torch.no_grad()
+def compute_embeddings(encoders: ViewEncoders, pyramid: PyramidReader, *, progress: bool = True) -> SatEmbeddings:
+    """Encode every view of ``pyramid`` (levels 0..L-1 and the terminal context crops)."""
+    grid = pyramid.grid
+    transforms = encoders.transforms()
+    device = next(encoders.parameters()).device
+    was_training = encoders.training
+    encoders.eval()
+    total = sum(grid.n_cells(level) for level in range(grid.levels + 1))
+    bar = tqdm(total=total, desc="embed views", unit="view", disable=not progress, leave=False)
+
+    def encode(read, n: int) -> Tensor:
+        out = []
+        for start in range(0, n, BATCH):
+            views = torch.from_numpy(read(np.arange(start, min(start + BATCH, n)))).permute(0, 3, 1, 2)
+            batch = torch.stack([transforms.sat(v) for v in views]).to(device)
+            out.append(encoders.encode_sat(batch).float().cpu())
+            bar.update(len(batch))
+        return torch.cat(out)
+
+    try:
+        levels = [encode(lambda cells, lv=level: pyramid.views(lv, cells), grid.n_cells(level)) for level in range(grid.levels)]
+        terminal = encode(pyramid.context, grid.n_cells(grid.levels))
+    finally:
+        bar.close()
+        encoders.train(was_training)
+    return SatEmbeddings(grid, levels, terminal)
+
+
+def pyramid_identity(path: str | os.PathLike) -> str:
+    """Size and modification time of a pyramid file: a rebuilt pyramid invalidates its embeddings."""
+    st = Path(path).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def save_embeddings(path: str | os.PathLike, emb: SatEmbeddings, fingerprint: str, pyramid: str) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for level, table in enumerate(emb.levels):
+            f.create_dataset(f"level_{level}", data=table.numpy())
+        f.create_dataset("terminal", data=emb.terminal.numpy())
+        f.attrs.update(emb.grid.to_attrs())
+        f.attrs.update({"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "pyramid": pyramid})
+
+
+def load_embeddings(path: str | os.PathLike, fingerprint: str, pyramid: str) -> SatEmbeddings | None:
+    """The stored embeddings, or None when absent or made from other weights or another pyramid."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            if a.get("format_version") != FORMAT_VERSION or a.get("fingerprint") != fingerprint or a.get("pyramid") != pyramid:
+                return None
+            grid = ZoomGrid.from_attrs(a)
+            levels = [torch.from_numpy(f[f"level_{level}"][()]) for level in range(grid.levels)]
+            return SatEmbeddings(grid, levels, torch.from_numpy(f["terminal"][()]))
+    except (OSError, KeyError) as exc:
+        raise PyramidError(f"unreadable embedding cache ({exc}); delete it to recompute", path) from None
+
+
+def cached_embeddings(
+    encoders: ViewEncoders, pyramid: PyramidReader, fingerprint: str, cache_dir: Path, *, progress: bool = True
+) -> SatEmbeddings:
+    """Load the embeddings of ``pyramid``'s views for these weights from ``cache_dir``, computing them if needed."""
+    path = cache_dir / f"sat_{fingerprint}.h5"
+    identity = pyramid_identity(pyramid.path)
+    emb = load_embeddings(path, fingerprint, identity)
+    if emb is None:
+        emb = compute_embeddings(encoders, pyramid, progress=progress)
+        save_embeddings(path, emb, fingerprint, identity)
+    return emb

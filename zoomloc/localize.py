@@ -1,0 +1,149 @@
+"""The Python API: load a trained model with a city's pyramid, localize photos.
+
+::
+
+    loc = Localizer.load("runs/demo", pyramid="cities/demo/pyramid.h5")
+    for r in loc.localize(["photo.jpg"], beam=4, topk=5):
+        print(r.lat, r.lon, r.probability)
+
+Satellite view embeddings come from a cache beside the pyramid (computed on first use for the
+model's satellite-encoder weights), so a query costs one street-view encoder pass and L policy
+steps per beam, whatever the size of the map.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from zoomloc.beam import BeamResult, beam_search
+from zoomloc.checkpoint import load_model, weights_fingerprint
+from zoomloc.data import load_photo
+from zoomloc.embeddings import SatEmbeddings, cached_embeddings
+from zoomloc.grid import ZoomGrid
+from zoomloc.localization import Candidate, Localization, Step
+from zoomloc.model import ZoomModel
+from zoomloc.pyramid import PyramidReader
+
+BATCH = 32
+
+
+def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of terminal cells' centres, moved by ``offsets`` (cell sides, dx east, dy south) if given."""
+    x, y = grid.centre_xy_of_path(paths)
+    if offsets is not None:
+        x = x + offsets[..., 0] * grid.terminal_m
+        y = y - offsets[..., 1] * grid.terminal_m
+    return grid.to_lonlat(x, y)
+
+
+def decode(model: ZoomModel, street_emb: Tensor, sat: SatEmbeddings, beam: int = 1, topk: int = 1) -> list[BeamResult]:
+    """Free-running decoding of street embeddings ``[Q, D]`` (beam 1: greedy)."""
+    return beam_search(model.policy, street_emb, sat.of_paths, beam=beam, topk=topk)
+
+
+def predicted_positions(model: ZoomModel, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat ``[Q, K]`` of each query's K candidates."""
+    paths = np.stack([r.paths.cpu().numpy() for r in results])
+    offsets = np.stack([r.offsets.cpu().numpy() for r in results]) if results[0].offsets is not None else None
+    return positions_of(model.grid, paths, offsets)
+
+
+class Localizer:
+    """A trained zoom model bound to a city's pyramid and its cached view embeddings."""
+
+    def __init__(self, model: ZoomModel, sat: SatEmbeddings, device: torch.device | str = "cpu"):
+        self.model = model.to(device).eval()
+        self.sat = sat.to(device)
+        self.device = torch.device(device)
+        self.transforms = model.encoders.transforms()
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | os.PathLike,
+        pyramid: str | os.PathLike,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> Localizer:
+        """A run folder (or checkpoint) and the pyramid it zooms over (built for the same grid)."""
+        model, _ = load_model(model_path, device)
+        with PyramidReader(pyramid) as pyr:
+            pyr.check_grid(model.grid)
+            cache = Path(cache_dir) if cache_dir is not None else pyr.path.parent / "embeddings"
+            fingerprint = weights_fingerprint(model.encoders.backbone("sat"))
+            sat = cached_embeddings(model.encoders, pyr, fingerprint, cache, progress=progress)
+        return cls(model, sat, device)
+
+    @torch.no_grad()
+    def embed_photos(self, images: Sequence[str | os.PathLike | Image.Image]) -> Tensor:
+        """Street embeddings ``[N, D]`` of photos (paths or PIL images), in batches."""
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = [img if isinstance(img, Image.Image) else load_photo(img) for img in images[start : start + BATCH]]
+            x = torch.stack([self.transforms.street(img) for img in batch]).to(self.device)
+            out.append(self.model.encode_street(x))
+        return torch.cat(out)
+
+    def localize(
+        self,
+        images: Sequence[str | os.PathLike | Image.Image],
+        *,
+        beam: int = 4,
+        topk: int = 5,
+        truths: Sequence[tuple[float, float] | None] | None = None,
+    ) -> list[Localization]:
+        """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error."""
+        names = [getattr(img, "filename", "") or "<image>" if isinstance(img, Image.Image) else str(img) for img in images]
+        return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths)
+
+    @torch.no_grad()
+    def localize_embeddings(
+        self,
+        street_emb: Tensor,
+        names: Sequence[str],
+        *,
+        beam: int = 4,
+        topk: int = 5,
+        truths: Sequence[tuple[float, float] | None] | None = None,
+    ) -> list[Localization]:
+        """Localize from precomputed street embeddings ``[N, D]``."""
+        grid = self.model.grid
+        topk = min(topk, beam)
+        results = decode(self.model, street_emb.to(self.device), self.sat, beam=beam, topk=topk)
+        lon, lat = predicted_positions(self.model, results)
+        out = []
+        for i, r in enumerate(results):
+            paths = r.paths.cpu().numpy()
+            probs = r.log_probs.exp().cpu().numpy()
+            steps = tuple(
+                Step(level + 1, int(grid.cell_of_path(paths[0, : level + 1])), float(r.step_probs[0, level]))
+                for level in range(grid.levels)
+            )
+            candidates = tuple(
+                Candidate(float(lon[i, j]), float(lat[i, j]), float(probs[j]), tuple(int(a) for a in paths[j]))
+                for j in range(len(paths))
+            )
+            truth = truths[i] if truths is not None else None
+            out.append(
+                Localization(
+                    image=names[i],
+                    lon=candidates[0].lon,
+                    lat=candidates[0].lat,
+                    cell_size_m=grid.terminal_m,
+                    probability=candidates[0].probability,
+                    path=steps,
+                    candidates=candidates,
+                    true_lon=None if truth is None else float(truth[0]),
+                    true_lat=None if truth is None else float(truth[1]),
+                )
+            )
+        return out
