@@ -164,3 +164,14 @@ def test_missing_or_empty_metadata(tmp_path, capsys):
     (tmp_path / "streetview" / "metadata.csv").write_text("image_id,lon,lat\n")
     with pytest.raises(InputError, match="holds no photo"):
         split_city(tmp_path, SplitConfig())
+
+
+def test_synthetic_city_splits_buffer_apart(tiny_city, tmp_path):
+    """The same guarantee on photos placed by the synthetic city generator (along its roads)."""
+    c = fresh_copy(tiny_city, tmp_path)
+    assert main(["split", str(c), "--block-m", "60", "--buffer-m", "20", "--seed", "3"]) == 0
+    df = joined(c)
+    by = {s: df[df.split == s] for s in ("train", "val", "test")}
+    assert all(len(part) > 0 for part in by.values())
+    assert min_geodesic_m(by["test"], by["train"]) >= 20
+    assert min_geodesic_m(by["val"], by["train"]) >= 20

@@ -149,3 +149,36 @@ def test_run_config_keys_are_checked(tmp_path):
     bad.write_text("train: {stepz: 3}\n")
     assert main(["train", str(tmp_path), "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_continues_exactly_where_an_interrupted_run_stopped(tiny_city, tmp_path, monkeypatch):
+    """An interruption after a checkpoint, then --resume: same final weights and metrics as one run."""
+    from safetensors.torch import load_file
+
+    from zoomloc import train as train_module
+
+    config = _config(tmp_path, steps=20, val_every=10)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["train", str(tiny_city), "--config", str(config), "--out", str(straight), "--quiet"]) == 0
+
+    original = train_module._Trainer._train_step
+
+    def interrupted(self, batch):
+        if self.step == 14:  # after the step-10 checkpoint, before the next one
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(train_module._Trainer, "_train_step", interrupted)
+    assert main(["train", str(tiny_city), "--config", str(config), "--out", str(resumed), "--quiet"]) == 130
+    monkeypatch.setattr(train_module._Trainer, "_train_step", original)
+    assert main(["train", str(tiny_city), "--out", str(resumed), "--resume", "--quiet"]) == 0
+
+    a, b = load_file(straight / "last.safetensors"), load_file(resumed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    def untimed(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "img_per_s"} for r in _records(run)]
+
+    assert untimed(resumed) == untimed(straight)
