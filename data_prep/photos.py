@@ -34,19 +34,16 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
 import shapely
-import shapely.affinity
-import shapely.geometry
 from PIL import Image
 from pyogrio.errors import DataSourceError
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-from rasterio.warp import transform_geom
 
 from data_prep.exif import CorruptExifError, GpsFix, NoGpsError, read_gps
 from zoomloc.atomic import atomic_path
 from zoomloc.citydir import METADATA_COLUMNS, OPTIONAL_COLUMNS, CityDir, check_image_id, read_metadata_csv
-from zoomloc.errors import GeoreferenceError, InputError
+from zoomloc.errors import InputError
+from zoomloc.grid import WGS84
+from zoomloc.raster import open_source
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 RECORD_SUFFIXES = (".csv", ".geojson", ".json")
@@ -164,8 +161,9 @@ def import_photos(src: str | os.PathLike, city: str | os.PathLike, *, link: bool
 def satellite_footprint(city: CityDir) -> shapely.Geometry | None:
     """The union of the footprints of ``satellite/*.tif`` in lon/lat; None without imagery.
 
-    Footprints are the rasters' pixel-corner polygons, densified and reprojected, not their
-    lon/lat bounding boxes: a UTM tile's box in lon/lat overhangs its corners.
+    Footprints are the rasters' pixel-corner polygons, densified and reprojected (the same
+    outlines the pyramid uses), not their lon/lat bounding boxes: a UTM tile's box in lon/lat
+    overhangs its corners.
     """
     if not city.satellite_dir.is_dir():
         return None
@@ -173,22 +171,7 @@ def satellite_footprint(city: CityDir) -> shapely.Geometry | None:
         files = city.satellite_files()
     except InputError:  # an empty satellite/ folder: no imagery to check against yet
         return None
-    return shapely.union_all([_raster_footprint(path) for path in files])
-
-
-def _raster_footprint(path: Path) -> shapely.Geometry:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            with rasterio.open(path) as raster:
-                crs, transform, width, height = raster.crs, raster.transform, raster.width, raster.height
-        except RasterioIOError as exc:
-            raise InputError(f"not a readable GeoTIFF ({exc})", path) from None
-    if crs is None:
-        raise GeoreferenceError("has no CRS, so which photos it covers is unknown", path)
-    footprint = shapely.affinity.affine_transform(shapely.box(0, 0, width, height), transform.to_shapely())
-    footprint = shapely.segmentize(footprint, footprint.length / 64)  # edges curve in lon/lat
-    return shapely.geometry.shape(transform_geom(crs, "EPSG:4326", shapely.geometry.mapping(footprint)))
+    return shapely.union_all([open_source(path).footprint(WGS84) for path in files])
 
 
 # ----------------------------------------------------------------------------- sources
