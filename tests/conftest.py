@@ -40,3 +40,30 @@ def tiny_city(tmp_path_factory) -> Path:
     split_city(root, SplitConfig(block_m=8.0, buffer_m=0.0, fractions=(0.75, 0.15, 0.10), seed=0))
     build_pyramid(root, PyramidSpec(k=4, levels=2, side_m=400.0, terminal_m=None, px=32), progress=False)
     return root
+
+
+TINY_RUN = """
+model:
+  encoder: {{street_size: [64, 128], sat_size: 32, freeze: all}}
+  policy: {{width: 128, layers: 2, heads: 4}}
+train: {{steps: {steps}, batch_size: 32, lr: 5.0e-4, warmup_steps: 10,
+         val_every: {val_every}, val_queries: 200, log_every: 10, workers: {workers}}}
+"""
+
+
+def write_run_config(folder: Path, steps: int = 300, val_every: int = 150, workers: int = 2) -> Path:
+    """A training config for ``tiny_city``: frozen encoders, a small policy, CPU-sized."""
+    path = folder / f"run_{steps}_{val_every}_{workers}.yaml"
+    path.write_text(TINY_RUN.format(steps=steps, val_every=val_every, workers=workers))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_city, tmp_path_factory) -> Path:
+    """A zoom model trained for 300 steps on ``tiny_city`` (about a minute on 2 cores)."""
+    from zoomloc.cli import main
+
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "run"
+    assert main(["train", str(tiny_city), "--config", str(write_run_config(tmp)), "--out", str(out), "--quiet"]) == 0
+    return out

@@ -20,27 +20,7 @@ from zoomloc.model import ZoomModel
 from zoomloc.pyramid import PyramidReader
 from zoomloc.train import load_run_config
 
-TINY_RUN = """
-model:
-  encoder: {{street_size: [64, 128], sat_size: 32, freeze: all}}
-  policy: {{width: 128, layers: 2, heads: 4}}
-train: {{steps: {steps}, batch_size: 32, lr: 5.0e-4, warmup_steps: 10,
-         val_every: {val_every}, val_queries: 200, log_every: 10, workers: {workers}}}
-"""
-
-
-def _config(tmp_path: Path, steps: int = 300, val_every: int = 150, workers: int = 2) -> Path:
-    path = tmp_path / f"run_{steps}_{workers}.yaml"
-    path.write_text(TINY_RUN.format(steps=steps, val_every=val_every, workers=workers))
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_city, tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("run")
-    out = tmp / "run"
-    assert main(["train", str(tiny_city), "--config", str(_config(tmp)), "--out", str(out), "--quiet"]) == 0
-    return out
+from conftest import write_run_config  # tests/ is on sys.path under pytest
 
 
 def _records(run: Path) -> list[dict]:
@@ -69,7 +49,7 @@ def test_best_checkpoint_is_the_best_validation(trained_run):
 def test_checkpoint_reloads_to_identical_outputs(tiny_city, tmp_path):
     with PyramidReader(tiny_city / "pyramid.h5") as pyr:
         grid, views = pyr.grid, torch.from_numpy(pyr.views(1, np.arange(4))).permute(0, 3, 1, 2)
-    cfg = load_run_config(_config(tmp_path)).model
+    cfg = load_run_config(write_run_config(tmp_path)).model
     model = ZoomModel(cfg, grid).eval()
     save_checkpoint(tmp_path / "m.safetensors", model, {"note": "x"})
     again, info = load_model(tmp_path / "m.safetensors")
@@ -127,7 +107,7 @@ def test_localizer_results_are_consistent(trained_run, tiny_city):
 def test_two_process_ddp_trains(tiny_city, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "zoomloc", "train", str(tiny_city), "--config", str(_config(tmp_path, steps=6, val_every=6, workers=0)),
+           "-m", "zoomloc", "train", str(tiny_city), "--config", str(write_run_config(tmp_path, steps=6, val_every=6, workers=0)),
            "--out", str(out), "--quiet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -138,7 +118,7 @@ def test_two_process_ddp_trains(tiny_city, tmp_path):
 
 
 def test_train_refuses_to_overwrite_a_run(trained_run, tiny_city, tmp_path, capsys):
-    code = main(["train", str(tiny_city), "--config", str(_config(tmp_path)), "--out", str(trained_run), "--quiet"])
+    code = main(["train", str(tiny_city), "--config", str(write_run_config(tmp_path)), "--out", str(trained_run), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert str(trained_run) in err and "--resume" in err and "\n" not in err
@@ -157,7 +137,7 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(tiny_city, tm
 
     from zoomloc import train as train_module
 
-    config = _config(tmp_path, steps=20, val_every=10)
+    config = write_run_config(tmp_path, steps=20, val_every=10)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(["train", str(tiny_city), "--config", str(config), "--out", str(straight), "--quiet"]) == 0
 

@@ -38,9 +38,8 @@ from zoomloc.config import load_yaml
 from zoomloc.data import AugmentConfig, Samples, StepBatches, StreetDataset
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings, compute_embeddings
 from zoomloc.errors import InputError
-from zoomloc.grid import geodesic_m
-from zoomloc.localize import decode, predicted_positions
-from zoomloc.metrics import summarize_errors
+from zoomloc.evaluate import accuracy, street_embeddings
+from zoomloc.localize import Localizer
 from zoomloc.model import ModelConfig, ZoomModel
 from zoomloc.policy import offset_loss, zoom_loss
 from zoomloc.pyramid import PyramidReader
@@ -272,22 +271,11 @@ class _Trainer:
         return x.view(b, n, *x.shape[1:]).to(self.run.device)
 
     # ------------------------------------------------------------------ validation and checkpoints
-    @torch.no_grad()
     def evaluate(self, samples: Samples) -> dict[str, Any]:
         """Greedy (free-running) decoding of ``samples``: recall, errors and per-level step accuracy."""
-        self.model.eval()
         sat = self.sat_cache if self.sat_cache is not None else self._sat_embeddings()
-        dataset = StreetDataset(samples, self.model.encoders.transforms())
-        street = torch.cat(
-            [self.model.encode_street(b["image"].to(self.run.device)) for b in self._loader(dataset, batch_size=64)]
-        )
-        results = decode(self.model, street, sat, beam=1, topk=1)
-        lon, lat = predicted_positions(self.model, results)
-        errors = geodesic_m(lon[:, 0], lat[:, 0], samples.lon, samples.lat)
-        paths = np.stack([r.paths[0].cpu().numpy() for r in results])
-        prefix_ok = np.cumprod(paths == samples.paths, axis=1)
-        metrics = summarize_errors(errors)
-        metrics["step_accuracy"] = [float(100 * v) for v in prefix_ok.mean(axis=0)]
+        loc = Localizer(self.model, sat, self.run.device)
+        _, metrics = accuracy(loc, street_embeddings(loc, samples, workers=self.tc.workers), samples, beam=1)
         return metrics
 
     def _validate_and_save(self) -> None:

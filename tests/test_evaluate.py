@@ -1,0 +1,55 @@
+"""``zoomloc evaluate``: metrics.json follows its schema and agrees with the per-query errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoomloc.cli import main
+from zoomloc.grid import geodesic_m
+from zoomloc.metrics import RECALL_AT_1_M
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, tiny_city, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "metrics.json"
+    assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--split", "test", "--beam", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_metrics_schema(evaluated, tiny_city):
+    m = json.loads(evaluated.read_text())
+    split = pd.read_csv(tiny_city / "split.csv", dtype={"image_id": str})
+    assert m["model"] == "zoom" and m["split"] == "test" and m["beam"] == 2
+    assert m["n_queries"] == int((split["split"] == "test").sum())
+    assert list(m["recall_at_1"]) == [str(d) for d in RECALL_AT_1_M]
+    assert list(m["recall_at_5"]) == ["50", "100"]
+    assert len(m["step_accuracy"]) == 2  # the tiny city's grid has 2 levels
+    assert m["step_accuracy"][0] >= m["step_accuracy"][1]  # a path right at level 2 is right at level 1
+    for d in ("50", "100"):
+        assert m["recall_at_5"][d] >= m["recall_at_1"][d]
+    assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p95"]
+    assert m["peak_rss_mb"] > 0 and m["index_build_s"] > 0
+    assert (evaluated.parent / "error_cdf.png").stat().st_size > 0
+
+
+def test_recall_and_errors_agree_with_the_per_query_table(evaluated, tiny_city):
+    m = json.loads(evaluated.read_text())
+    table = pd.read_csv(evaluated.parent / "errors.csv", dtype={"image_id": str})
+    meta = pd.read_csv(tiny_city / "streetview" / "metadata.csv", dtype={"image_id": str}).set_index("image_id")
+    truth = meta.loc[table["image_id"]]
+    np.testing.assert_allclose(table["true_lon"], truth["lon"])
+    errors = geodesic_m(table["pred_lon"], table["pred_lat"], truth["lon"], truth["lat"])
+    np.testing.assert_allclose(table["error_m"], errors, rtol=1e-9)
+    for d, value in m["recall_at_1"].items():
+        assert value == pytest.approx(100 * np.mean(errors <= float(d)))
+    assert m["median_error_m"] == pytest.approx(np.median(errors))
+
+
+def test_bad_beam_is_a_user_error(trained_run, tiny_city, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--beam", "0", "--out", str(out)]) == 2
+    assert "--beam" in capsys.readouterr().err and not out.exists()
