@@ -77,6 +77,69 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     print(f"embedded {sum(g.n_cells(lv) for lv in range(g.levels + 1))} views of {pyramid} ({loc.sat.dim} dims)")
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from zoomloc.evaluate import evaluate_run
+
+    report = evaluate_run(args.city_dir, args.model, split=args.split, beam=args.beam, out=args.out, progress=not args.quiet)
+    print(report.describe())
+
+
+def _cmd_localize(args: argparse.Namespace) -> None:
+    """Photos are read before the model loads: a call with only unreadable files fails at once."""
+    import json
+
+    from zoomloc.localize import Localizer
+    from zoomloc.pyramid import PyramidReader
+    from zoomloc.report import describe
+    from zoomloc.viz import localization_map, save_map
+
+    if args.beam < 1 or args.topk < 1:
+        raise ZoomlocError(f"--beam and --topk must be at least 1, got --beam {args.beam} --topk {args.topk}")
+    photos = _readable_photos(args.photos)
+    if not photos:
+        raise ZoomlocError(f"none of the {len(args.photos)} photos could be read")
+    pyramid = args.city / "pyramid.h5"
+    loc = Localizer.load(args.model, pyramid, progress=not args.quiet)
+    truths = [_exif_position(path) for path in photos]
+    results = loc.localize(photos, beam=args.beam, topk=args.topk, truths=truths)
+    for result in results:
+        print(json.dumps(result.to_json()) if args.json else describe(result))
+    if args.map is not None:
+        with PyramidReader(pyramid) as pyr:
+            save_map(localization_map(results, pyr), args.map)
+        if not args.json:
+            print(f"map: {args.map}")
+
+
+def _readable_photos(paths: Sequence[Path]) -> list[Path]:
+    """The photos that decode; each other one is named on stderr, so one bad file spoils no batch."""
+    from zoomloc.data import load_photo
+
+    readable = []
+    for path in paths:
+        try:
+            load_photo(path)
+        except ZoomlocError as exc:
+            print(f"zoomloc localize: skipped {exc}", file=sys.stderr)
+        else:
+            readable.append(path)
+    return readable
+
+
+def _exif_position(path: Path) -> tuple[float, float] | None:
+    """The photo's (lon, lat) from EXIF GPS, or None: a photo without a usable fix is still localized."""
+    from PIL import Image
+
+    from data_prep.exif import CorruptExifError, NoGpsError, read_gps
+
+    with Image.open(path) as img:
+        try:
+            fix = read_gps(img)
+        except (NoGpsError, CorruptExifError):
+            return None
+    return fix.lon, fix.lat
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from zoomloc.demo import run_demo
 
@@ -179,6 +242,35 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("city_dir", type=Path, help="city directory with pyramid.h5")
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
     p.add_argument("--out", type=Path, default=None, help="cache folder (default CITY_DIR/embeddings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(
+        "evaluate",
+        _cmd_evaluate,
+        "Measure a model on a split: Recall@1/@5 within d metres, errors, latency and memory (metrics.json).",
+        "zoomloc evaluate cities/demo --model runs/demo --split test --beam 4 --out runs/demo/test/metrics.json",
+    )
+    p.add_argument("city_dir", type=Path, help="city directory with split.csv and pyramid.h5")
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which photos (default test)")
+    p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy, as the paper)")
+    p.add_argument("--out", type=Path, required=True, help="metrics.json to write; the CDF PNG and per-query CSV go beside it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(
+        "localize",
+        _cmd_localize,
+        "Tell where street-level photos (JPEG/PNG, any size) were taken: position, certainty, alternatives.",
+        "zoomloc localize photo.jpg --model runs/demo --city cities/demo --beam 4 --map map.html",
+    )
+    p.add_argument("photos", type=Path, nargs="+", metavar="PHOTO", help="photos to localize; unreadable ones are skipped")
+    required = "required until a default model is embedded"
+    p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help=f"run folder or checkpoint ({required})")
+    p.add_argument("--city", type=Path, required=True, metavar="CITY_DIR", help=f"city directory with pyramid.h5 ({required})")
+    p.add_argument("--beam", type=int, default=4, help="beam width (default 4; 1: greedy)")
+    p.add_argument("--topk", type=int, default=5, help="candidates to report, at most --beam (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per photo and line on stdout, nothing else")
+    p.add_argument("--map", type=Path, default=None, metavar="OUT.html", help="also write an interactive map of the results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(

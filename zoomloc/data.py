@@ -8,6 +8,7 @@ random crop), because a model trained on clean renders would fail on a phone's s
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,29 @@ class AugmentConfig:
             [
                 T.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 3, 0.5)),
                 T.RandomApply([T.GaussianBlur(5, sigma=(0.3, 1.5))], p=self.blur_p),
-                T.RandomApply([T.JPEG(list(self.jpeg_quality))], p=self.jpeg_p),
+                T.RandomApply([_Jpeg(self.jpeg_quality)], p=self.jpeg_p),
             ]
         )
+
+
+class _Jpeg(torch.nn.Module):
+    """Re-encode a uint8 ``[3, H, W]`` image as JPEG at a random quality (Pillow's codec).
+
+    torchvision's own JPEG transform goes through its deprecated image I/O; Pillow's encoder is
+    also what most photo pipelines that produce the artefacts use.
+    """
+
+    def __init__(self, quality: tuple[int, int]):
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        q = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        buffer = io.BytesIO()
+        T.functional.to_pil_image(image).save(buffer, format="JPEG", quality=q)
+        buffer.seek(0)
+        with Image.open(buffer) as img:
+            return T.functional.pil_to_tensor(img.convert("RGB"))
 
 
 @dataclass(frozen=True)
