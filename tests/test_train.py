@@ -162,3 +162,27 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(tiny_city, tm
         return [{k: v for k, v in r.items() if k != "img_per_s"} for r in _records(run)]
 
     assert untimed(resumed) == untimed(straight)
+
+
+def test_training_satellite_encoder_and_refinement_head(tiny_city, tmp_path):
+    """The other training path: satellite views read by the loader and encoded live; offsets learned."""
+    config = tmp_path / "sat.yaml"
+    config.write_text(
+        "model:\n"
+        "  encoder: {street_size: [32, 64], sat_size: 32, freeze: all, sat_freeze: all_but_last_1}\n"
+        "  policy: {width: 32, layers: 1, heads: 2, refine: true}\n"
+        "train: {steps: 6, batch_size: 8, val_every: 6, val_queries: 16, log_every: 3, workers: 2}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_city), "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    model, _ = load_model(out)
+    assert model.policy.offset_head is not None
+    trained = load_model(out)[0].encoders.backbone("sat").state_dict()
+    initial = ZoomModel(load_run_config(config).model, model.grid).encoders.backbone("sat").state_dict()
+    changed = [k for k in trained if trained[k].dtype.is_floating_point and not torch.equal(trained[k], initial[k])]
+    assert changed, "the satellite encoder's last group must have trained"
+    # Refined answers move away from the terminal cells' centres.
+    loc = Localizer.load(out, tiny_city / "pyramid.h5", cache_dir=tmp_path / "emb", progress=False)
+    r = loc.localize(sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:1], beam=1, topk=1)[0]
+    cx, cy = model.grid.centre_lonlat_of_path(np.array(r.actions))
+    assert (r.lon, r.lat) != (float(cx), float(cy))

@@ -23,6 +23,7 @@ from zoomloc.citydir import CityDir
 from zoomloc.encoders import ViewTransforms
 from zoomloc.errors import InputError
 from zoomloc.grid import ZoomGrid
+from zoomloc.pyramid import PyramidReader
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,25 @@ class StreetDataset(Dataset):
     Items are asked for as ``i`` (no augmentation) or ``(i, key)``: the augmentation of a
     training item is drawn from a generator seeded by ``key``, so it depends on the sample and
     the training step alone — not on worker processes or on where a resumed run restarted.
+
+    With a ``pyramid`` (a satellite encoder that trains), each item also carries ``sats``: the
+    views of its path's prefixes 0..L-1, plus its terminal cell's context crop if
+    ``with_terminal`` (sub-cell refinement), read and transformed here, in the loader's workers.
     """
 
-    def __init__(self, samples: Samples, transforms: ViewTransforms, augment: AugmentConfig | None = None):
+    def __init__(
+        self,
+        samples: Samples,
+        transforms: ViewTransforms,
+        augment: AugmentConfig | None = None,
+        pyramid: PyramidReader | None = None,
+        with_terminal: bool = False,
+    ):
         self.samples = samples
         self.transforms = transforms
         self.augment = augment.build() if augment is not None else None
+        self.pyramid = pyramid
+        self.with_terminal = with_terminal
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -168,12 +182,22 @@ class StreetDataset(Dataset):
                 street = self.transforms.street(image, train=True, rng=random.Random(key))
         else:
             street = self.transforms.street(image)
-        return {
+        item = {
             "image": street,
             "path": torch.from_numpy(self.samples.paths[i]),
             "offset": torch.from_numpy(self.samples.offsets[i]),
             "index": torch.tensor(i),
         }
+        if self.pyramid is not None:
+            item["sats"] = self._sat_views(self.samples.paths[i])
+        return item
+
+    def _sat_views(self, path: np.ndarray) -> torch.Tensor:
+        """``[n, 3, s, s]`` encoder inputs of the views along ``path`` (teacher forcing)."""
+        views = list(self.pyramid.views_of_paths(path[None])[0])
+        if self.with_terminal:
+            views.append(self.pyramid.context([self.pyramid.grid.cell_of_path(path)])[0])
+        return torch.stack([self.transforms.sat(torch.from_numpy(v).permute(2, 0, 1)) for v in views])
 
 
 class StepBatches(Sampler):

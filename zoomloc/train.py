@@ -213,7 +213,13 @@ class _Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainSummary:
         start = time.perf_counter()
-        dataset = StreetDataset(self.train_samples, self.model.encoders.transforms(), self.tc.augment)
+        dataset = StreetDataset(
+            self.train_samples,
+            self.model.encoders.transforms(),
+            self.tc.augment,
+            pyramid=None if self.sat_frozen else self.pyramid,
+            with_terminal=self.refine,
+        )
         batches = StepBatches(
             len(dataset), self.tc.batch_size, self.tc.seed, self.step, self.tc.steps, self.run.rank, self.run.world
         )
@@ -243,7 +249,9 @@ class _Trainer:
         self.ddp.train()
         device = self.run.device
         images, paths = batch["image"].to(device, non_blocking=True), batch["path"].to(device)
-        sats = self._teacher_sats(paths)
+        # The satellite input of teacher forcing: each path prefix's cached view embedding, or
+        # (a training satellite encoder) its view, read by the loader.
+        sats = self.sat_cache.of_prefixes(paths, self.n_views) if self.sat_cache is not None else batch["sats"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.tc.amp and device.type == "cuda"):
             logits, offset = self.ddp(images, paths, sats)
         logits = logits.float()
@@ -256,19 +264,6 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": loss.item(), "acc": (logits.argmax(-1) == paths).float().mean().item()}
-
-    def _teacher_sats(self, paths: torch.Tensor) -> torch.Tensor:
-        """The satellite input of teacher forcing: each path prefix's view embedding, or its view."""
-        if self.sat_cache is not None:
-            return self.sat_cache.of_prefixes(paths, self.n_views)
-        transforms = self.model.encoders.transforms()
-        views = torch.from_numpy(self.pyramid.views_of_paths(paths[:, : self.n_views].cpu().numpy()))
-        if self.refine:  # views_of_paths covers prefixes 0..L-1; the terminal context comes extra
-            cells = self.pyramid.grid.cell_of_path(paths.cpu().numpy())
-            views = torch.cat([views[:, : self.pyramid.grid.levels], torch.from_numpy(self.pyramid.context(cells))[:, None]], 1)
-        b, n = views.shape[:2]
-        x = torch.stack([transforms.sat(v) for v in views.flatten(0, 1).permute(0, 3, 1, 2)])
-        return x.view(b, n, *x.shape[1:]).to(self.run.device)
 
     # ------------------------------------------------------------------ validation and checkpoints
     def evaluate(self, samples: Samples) -> dict[str, Any]:
