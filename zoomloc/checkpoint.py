@@ -9,7 +9,6 @@ torch file read with ``weights_only=True``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -92,15 +91,6 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             return metadata, {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"not a zoomloc checkpoint (safetensors: {str(exc).splitlines()[0]})", path) from None
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A short hash of a module's tensors: names caches of embeddings made with these weights."""
-    h = hashlib.blake2b(digest_size=12)
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:

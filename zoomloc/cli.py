@@ -69,9 +69,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
+    from zoomloc.citydir import CityDir
     from zoomloc.localize import Localizer
 
-    pyramid = args.city_dir / "pyramid.h5"
+    pyramid = CityDir(args.city_dir).pyramid_path
     loc = Localizer.load(args.model, pyramid, cache_dir=args.out, progress=not args.quiet)
     g = loc.sat.grid
     print(f"embedded {sum(g.n_cells(lv) for lv in range(g.levels + 1))} views of {pyramid} ({loc.sat.dim} dims)")
@@ -88,6 +89,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     """Photos are read before the model loads: a call with only unreadable files fails at once."""
     import json
 
+    from zoomloc.citydir import CityDir
     from zoomloc.localize import Localizer
     from zoomloc.pyramid import PyramidReader
     from zoomloc.report import describe
@@ -98,7 +100,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     photos = _readable_photos(args.photos)
     if not photos:
         raise ZoomlocError(f"none of the {len(args.photos)} photos could be read")
-    pyramid = args.city / "pyramid.h5"
+    pyramid = CityDir(args.city).pyramid_path
     loc = Localizer.load(args.model, pyramid, progress=not args.quiet)
     truths = [_exif_position(path) for path in photos]
     results = loc.localize(photos, beam=args.beam, topk=args.topk, truths=truths)
@@ -155,7 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Callable, help: str, example: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable, help: str, example: str, progress: bool = True) -> argparse.ArgumentParser:
+        """A subcommand with its --help example; long-running ones (``progress``) also get --quiet."""
         p = sub.add_parser(
             name,
             help=help,
@@ -164,6 +167,8 @@ def _build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(handler=handler)
+        if progress:
+            p.add_argument("--quiet", action="store_true", help="no progress bars")
         return p
 
     p = command(
@@ -183,7 +188,6 @@ def _build_parser() -> argparse.ArgumentParser:
         "--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), help="centre the region on this lon/lat box (default: the imagery)"
     )
     p.add_argument("--out", type=Path, default=None, help="output file (default CITY_DIR/pyramid.h5)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "synth-city",
@@ -197,13 +201,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-m", type=float, default=None, help="side of the city square in metres (default 2500)")
     p.add_argument("--gsd", type=float, default=None, help="orthophoto ground sampling distance, m/px (default 0.5)")
     p.add_argument("--images", type=int, default=None, help="number of street-level photos (default 20000)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "split",
         _cmd_split,
         "Split a city's photos into train/val/test by area (split.csv, split_areas.geojson).",
         "zoomloc split cities/demo --block-m 200 --buffer-m 50 --fractions 0.8 0.1 0.1 --seed 0",
+        progress=False,
     )
     p.add_argument("city_dir", type=Path, help="city directory with streetview/metadata.csv")
     p.add_argument("--block-m", type=float, default=200.0, help="side of the square blocks assigned to splits (default 200)")
@@ -216,6 +220,7 @@ def _build_parser() -> argparse.ArgumentParser:
         _cmd_import_photos,
         "Import GPS-tagged photos (a folder, or a Mapillary-style CSV/GeoJSON) into a city directory.",
         "zoomloc import-photos ~/photos --city cities/mytown",
+        progress=False,
     )
     p.add_argument("src", type=Path, help="folder of JPEG/PNG photos, or a CSV/GeoJSON of records beside their images")
     p.add_argument("--city", type=Path, required=True, help="city directory to import into")
@@ -231,7 +236,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="run config YAML (model and training)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write (checkpoints, metrics, curve)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command(
         "embed",
@@ -242,7 +246,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("city_dir", type=Path, help="city directory with pyramid.h5")
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
     p.add_argument("--out", type=Path, default=None, help="cache folder (default CITY_DIR/embeddings)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "evaluate",
@@ -255,7 +258,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which photos (default test)")
     p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy, as the paper)")
     p.add_argument("--out", type=Path, required=True, help="metrics.json to write; the CDF PNG and per-query CSV go beside it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "localize",
@@ -271,7 +273,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="candidates to report, at most --beam (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per photo and line on stdout, nothing else")
     p.add_argument("--map", type=Path, default=None, metavar="OUT.html", help="also write an interactive map of the results")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "demo",
@@ -281,7 +282,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--config", type=Path, default=None, help="demo config (default: the repository's configs/demo.yaml)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     return parser
 

@@ -14,6 +14,7 @@ HDF5 layout (``zoomloc embed``)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +123,25 @@ def load_embeddings(path: str | os.PathLike, fingerprint: str, pyramid: str) -> 
         raise PyramidError(f"unreadable embedding cache ({exc}); delete it to recompute", path) from None
 
 
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's tensors: names the cache of embeddings made with these weights."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def cached_embeddings(
-    encoders: ViewEncoders, pyramid: PyramidReader, fingerprint: str, cache_dir: Path, *, progress: bool = True
+    encoders: ViewEncoders, pyramid: PyramidReader, cache_dir: str | os.PathLike | None = None, *, progress: bool = True
 ) -> SatEmbeddings:
-    """Load the embeddings of ``pyramid``'s views for these weights from ``cache_dir``, computing them if needed."""
+    """The embeddings of ``pyramid``'s views under the satellite encoder's current weights.
+
+    Read from ``cache_dir`` (default: ``embeddings/`` beside the pyramid) when computed before
+    with the same weights and pyramid, else computed and stored there.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else pyramid.path.parent / "embeddings"
+    fingerprint = weights_fingerprint(encoders.backbone("sat"))
     path = cache_dir / f"sat_{fingerprint}.h5"
     identity = pyramid_identity(pyramid.path)
     emb = load_embeddings(path, fingerprint, identity)

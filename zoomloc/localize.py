@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from zoomloc.beam import BeamResult, beam_search
-from zoomloc.checkpoint import load_model, weights_fingerprint
+from zoomloc.checkpoint import load_model
 from zoomloc.data import load_photo
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings
 from zoomloc.grid import ZoomGrid
@@ -78,9 +77,7 @@ class Localizer:
         model, _ = load_model(model_path, device)
         with PyramidReader(pyramid) as pyr:
             pyr.check_grid(model.grid)
-            cache = Path(cache_dir) if cache_dir is not None else pyr.path.parent / "embeddings"
-            fingerprint = weights_fingerprint(model.encoders.backbone("sat"))
-            sat = cached_embeddings(model.encoders, pyr, fingerprint, cache, progress=progress)
+            sat = cached_embeddings(model.encoders, pyr, cache_dir, progress=progress)
         return cls(model, sat, device)
 
     @torch.no_grad()

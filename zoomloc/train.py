@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from zoomloc import distributed
 from zoomloc.atomic import atomic_path, write_text
-from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_model, load_train_state, save_checkpoint, save_train_state, weights_fingerprint
+from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_model, load_train_state, save_checkpoint, save_train_state
 from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
 from zoomloc.data import AugmentConfig, Samples, StepBatches, StreetDataset
@@ -169,12 +169,12 @@ class _Trainer:
         encoders = self.model.encoders
         if not self.sat_frozen:
             return compute_embeddings(encoders, self.pyramid, progress=self.progress).to(self.run.device)
-        fingerprint = weights_fingerprint(encoders.backbone("sat"))
-        cache = self.city.root / "embeddings"
         if self.run.main:
-            cached_embeddings(encoders, self.pyramid, fingerprint, cache, progress=self.progress)
+            emb = cached_embeddings(encoders, self.pyramid, progress=self.progress)
         self.run.barrier()  # the other ranks read what the main one wrote
-        return cached_embeddings(encoders, self.pyramid, fingerprint, cache, progress=False).to(self.run.device)
+        if not self.run.main:
+            emb = cached_embeddings(encoders, self.pyramid, progress=False)
+        return emb.to(self.run.device)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: encoder vs policy learning rate, no weight decay on norms, biases, embeddings."""
