@@ -153,7 +153,9 @@ def import_photos(src: str | os.PathLike, city: str | os.PathLike, *, link: bool
             skipped.append(Skip(item.name, skip.reason, skip.detail))
     summary = ImportSummary(src, city.metadata_csv, tuple(r["image_id"] for r in rows), tuple(skipped), len(existing) + len(rows))
     if not rows:
-        raise InputError(f"no photo imported ({summary.skip_counts() or 'it holds no record'})", src)
+        # Name one skipped photo and its reason: the summary that lists them all is not printed.
+        first = f"; first: {skipped[0].name}: {skipped[0].detail}" if skipped else ""
+        raise InputError(f"no photo imported ({summary.skip_counts() or 'it holds no record'}){first}", src)
     _write_metadata(city.metadata_csv, existing, rows)
     return summary
 

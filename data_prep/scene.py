@@ -15,8 +15,14 @@ alone (trees and landmarks look up the class under them that way).
 The road network is not a grid: the city is cut into Voronoi districts, each with its own
 orientation and irregular line spacing, joined by avenues along the district borders; some
 segments are dropped, merging blocks and making T-junctions, and the whole plan is gently
-warped so that streets curve. Colours come from a small palette shared by the whole city, so
-that only the arrangement of buildings, heights and open spaces tells places apart.
+warped so that streets curve.
+
+Districts also have a *character*, as real neighbourhoods do: a density (suburb to downtown),
+a mix of building materials drawn from one small palette shared by the whole city (an old
+quarter of brick and terracotta, a business district of glass and steel) and a share of
+greenery. No colour singles out a place — every material appears in many districts — but the
+mix, the heights and the trees tell quarters apart at a glance from the street and from above,
+which is what lets a zoom policy pick the right quarter before it looks at single buildings.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ ROAD, MARKING, SIDEWALK, GRASS, PAVED, WATER, BUILDING, TREE = range(8)
 ROAD_CLASSES = (ROAD, MARKING)
 TRUNK = 1  # ``material`` of the cell under a tree's centre (tree cells have no other material)
 
-# Building materials: (facade RGB, roof RGB), drawn uniformly for every lot. Each appears in
-# four tones (index = 4 * material + tone), so a colour never singles out a block.
+# Building materials: (facade RGB, roof RGB), drawn for every lot from its district's mix. Each
+# appears in four tones (index = 4 * material + tone), so a colour never singles out a block.
 MATERIALS = np.array(
     [
         [(196, 186, 168), (92, 88, 86)],  # beige render, dark bitumen
@@ -64,6 +70,8 @@ class SceneParams:
     river: bool = True
     landmarks_per_km2: float = 1.0  # tall towers visible from far away (at least one if > 0 and there is room)
     warp_m: float = 14.0  # amplitude of the smooth warp that curves the streets
+    palette_alpha: float = 0.4  # Dirichlet concentration of a district's material mix (large: all alike)
+    greenery_spread: float = 0.7  # districts' tree multipliers range over 1 ± this
 
     def validate(self) -> str | None:
         """Why these parameters cannot make a city, or None."""
@@ -77,6 +85,8 @@ class SceneParams:
                 return f"{name} must be within [0, 1]"
         if self.tree_density < 0:
             return "tree_density must not be negative"
+        if self.palette_alpha <= 0 or not 0 <= self.greenery_spread <= 1:
+            return "palette_alpha must be positive and greenery_spread within [0, 1]"
         return None
 
 
@@ -167,6 +177,8 @@ class _District:
     v_lines: np.ndarray
     v_half: np.ndarray
     sidewalk: float
+    palette: np.ndarray  # cumulative probabilities of the MATERIALS in this district's lots
+    greenery: float  # multiplier on the tree probabilities
 
 
 @dataclass(frozen=True)
@@ -214,8 +226,12 @@ def _make_plan(params: SceneParams, size_m: float, seed: int) -> _Plan:
         reach = size_m * 1.6
         u, uh = _lines(rng, reach, params.block_m)
         v, vh = _lines(rng, reach, params.block_m)
+        palette, greenery = _character(params, seed, len(districts))
         districts.append(
-            _District(cx, cy, np.cos(angle), np.sin(angle), rng.uniform(0, 1), u, uh, v, vh, rng.uniform(2.0, 4.0))
+            _District(
+                cx, cy, np.cos(angle), np.sin(angle), rng.uniform(0, 1), u, uh, v, vh, rng.uniform(2.0, 4.0),
+                palette, greenery,
+            )
         )
     river = None
     if params.river:
@@ -229,6 +245,19 @@ def _make_plan(params: SceneParams, size_m: float, seed: int) -> _Plan:
         )
     plan = _Plan(seed, params, size_m, tuple(districts), rng.uniform(250, 450), tuple(rng.uniform(0, 2 * np.pi, 2)), river)
     return _with_landmarks(plan, rng)
+
+
+def _character(params: SceneParams, seed: int, d: int) -> tuple[np.ndarray, float]:
+    """District ``d``'s material mix (cumulative) and greenery, from a stream of its own.
+
+    A separate stream keeps the street plan of a seed unchanged when only the character's
+    parameters change.
+    """
+    rng = np.random.default_rng([seed, 0xC4A2, d])
+    mix = rng.dirichlet(np.full(MATERIALS.shape[0], params.palette_alpha))
+    cumulative = np.cumsum(mix)
+    cumulative[-1] = 1.0
+    return cumulative, 1.0 + params.greenery_spread * rng.uniform(-1, 1)
 
 
 def _with_landmarks(plan: _Plan, rng: np.random.Generator) -> _Plan:
@@ -263,6 +292,7 @@ class _Layout:
     material: np.ndarray
     facing: np.ndarray  # outward normal of the nearest wall, 256ths of a turn from east (buildings)
     inner: np.ndarray  # distance to the nearest road edge minus the sidewalk (block interior depth)
+    district: np.ndarray  # index into plan.districts
 
 
 _TAG_SEG_U, _TAG_SEG_V, _TAG_BLOCK, _TAG_LOT, _TAG_TREE = range(1, 6)
@@ -377,7 +407,7 @@ def _layout(plan: _Plan, x: np.ndarray, y: np.ndarray) -> _Layout:
     not_building = cls != BUILDING
     material[not_building] = 0
     facing[not_building] = 0
-    return _Layout(cls, height, material, facing, inner)
+    return _Layout(cls, height, material, facing, inner, did)
 
 
 def _fill_block(plan: _Plan, d: int, hb: _Draws, ku, kv, u, v, inner, outward, idx, grids) -> None:
@@ -432,7 +462,7 @@ def _fill_block(plan: _Plan, d: int, hb: _Draws, ku, kv, u, v, inner, outward, i
     pitched = (floors <= 3) & (hl(6) < 0.7)
     ridge = np.minimum(0.3 * depth, 4.0) * (1 - np.abs(2 * (inner - setback) / depth - 1))
     h = floors * FLOOR_M + 0.5 + np.where(pitched, ridge, 0.0)
-    mat = (np.floor(hl(7) * MATERIALS.shape[0]) * 4 + np.floor(hl(8) * 4)).astype(np.uint8)
+    mat = (np.searchsorted(dist.palette, hl(7), side="right") * 4 + np.floor(hl(8) * 4)).astype(np.uint8)
 
     out_e, out_n = outward
     nearest = np.argmin(faces, axis=0)
@@ -498,7 +528,7 @@ def _plant_trees(plan: _Plan) -> _Trees:
     lay = _layout(plan, x.ravel(), y.ravel())
     cls = lay.cls.reshape(x.shape)
     prob = np.select([cls == GRASS, cls == PAVED, cls == SIDEWALK], [0.45, 0.12, 0.5], 0.0)
-    prob *= plan.params.tree_density
+    prob *= plan.params.tree_density * np.array([d.greenery for d in plan.districts])[lay.district.reshape(x.shape)]
     small = cls == SIDEWALK
     radius = np.where(h(2) < prob, np.where(small, 2.0, 2.5) + h(3) * np.where(small, 1.2, 2.5), 0.0)
     height = np.where(small, 5.0, 6.0) + np.where(small, 4.0, 7.0) * h(4)

@@ -44,18 +44,35 @@ def tiny_city(tmp_path_factory) -> Path:
 
 TINY_RUN = """
 model:
+  kind: {kind}
   encoder: {{street_size: [64, 128], sat_size: 32, freeze: all}}
-  policy: {{width: 128, layers: 2, heads: 4}}
+  {head}
 train: {{steps: {steps}, batch_size: 32, lr: 5.0e-4, warmup_steps: 10,
          val_every: {val_every}, val_queries: 200, log_every: 10, workers: {workers}}}
 """
+TINY_HEADS = {"zoom": "policy: {width: 128, layers: 2, heads: 4}", "retrieval": "retrieval: {dim: 128}"}
 
 
-def write_run_config(folder: Path, steps: int = 300, val_every: int = 150, workers: int = 2) -> Path:
-    """A training config for ``tiny_city``: frozen encoders, a small policy, CPU-sized."""
-    path = folder / f"run_{steps}_{val_every}_{workers}.yaml"
-    path.write_text(TINY_RUN.format(steps=steps, val_every=val_every, workers=workers))
+def write_run_config(folder: Path, steps: int = 300, val_every: int = 150, workers: int = 2, kind: str = "zoom") -> Path:
+    """A training config for ``tiny_city``: frozen encoders, a small policy (or retrieval heads), CPU-sized."""
+    path = folder / f"run_{kind}_{steps}_{val_every}_{workers}.yaml"
+    path.write_text(TINY_RUN.format(kind=kind, head=TINY_HEADS[kind], steps=steps, val_every=val_every, workers=workers))
     return path
+
+
+def changed_sat_weights(run: Path, config: Path) -> list[str]:
+    """The satellite backbone tensors of ``run``'s checkpoint that differ from a fresh model of ``config``."""
+    import torch
+
+    from zoomloc.checkpoint import load_model
+    from zoomloc.model import build_model
+    from zoomloc.train import load_run_config
+
+    trained, _ = load_model(run)
+    initial = build_model(load_run_config(config).model, trained.grid).encoders.backbone("sat").state_dict()
+    return [
+        k for k, v in trained.encoders.backbone("sat").state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, initial[k])
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +84,37 @@ def trained_run(tiny_city, tmp_path_factory) -> Path:
     out = tmp / "run"
     assert main(["train", str(tiny_city), "--config", str(write_run_config(tmp)), "--out", str(out), "--quiet"]) == 0
     return out
+
+
+SHORT_RUN = """
+model:
+  encoder: {street_size: [32, 64], sat_size: 32, freeze: all}
+  policy: {width: 32, layers: 1, heads: 2}
+train: {steps: 6, batch_size: 8, lr: 5.0e-4, warmup_steps: 2, val_every: 2, val_queries: 8, log_every: 2,
+        workers: 0, deterministic: true}
+"""
+
+
+def train_in_process(*args: str | Path) -> int:
+    """``zoomloc train ARGS --quiet`` in this process; a config's deterministic mode does not outlive it."""
+    import torch
+
+    from zoomloc.cli import main
+
+    try:
+        return main(["train", *map(str, args), "--quiet"])
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="session")
+def short_run(tiny_city, tmp_path_factory) -> Path:
+    """6 deterministic steps with a checkpoint every 2 (seconds on 2 cores); its config is ``run.yaml`` beside it.
+
+    A real run folder for tests that need any model, and the uninterrupted reference that
+    interrupted and resumed runs of the same config must reproduce bit for bit.
+    """
+    tmp = tmp_path_factory.mktemp("short_run")
+    (tmp / "run.yaml").write_text(SHORT_RUN)
+    assert train_in_process(tiny_city, "--config", tmp / "run.yaml", "--out", tmp / "run") == 0
+    return tmp / "run"

@@ -85,7 +85,9 @@ def test_same_seed_same_bytes_different_seed_different(cities):
 
 def test_street_views_are_not_trivial(cities):
     images = [np.asarray(Image.open(p)) for p in sorted((cities["a"] / "streetview" / "images").glob("*.jpg"))]
-    assert min(float(img.std()) for img in images) > 10
+    # A blank render (all sky, all asphalt) has a std of 2-3 from noise alone; a photo facing
+    # one wall close up, the plainest real view, about 10.
+    assert min(float(img.std()) for img in images) > 6
     assert np.std([img.mean() for img in images]) > 3  # not all the same picture
 
 

@@ -2,8 +2,8 @@
 
 A checkpoint is one ``.safetensors`` file: tensors only (no pickle, so loading a stranger's
 file cannot execute anything), plus string metadata holding the format version, the model
-config, the grid and training facts. Optimizer state for ``--resume`` lives beside it in a
-torch file read with ``weights_only=True``.
+config, the grid and training facts. What ``--resume`` needs (the weights with the optimizer
+state they go with) lives beside it in a torch file read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from zoomloc.atomic import atomic_path
 from zoomloc.config import from_mapping
 from zoomloc.errors import CheckpointError, ConfigError
 from zoomloc.grid import ZoomGrid
-from zoomloc.model import ModelConfig, ZoomModel
+from zoomloc.model import Model, ModelConfig, build_model
 
 FORMAT_VERSION = 1
 BEST = "best.safetensors"  # selected by validation Recall@1 within 50 m
@@ -30,7 +32,7 @@ LAST = "last.safetensors"  # the latest, for --resume
 TRAIN_STATE = "train_state.pt"
 
 
-def save_checkpoint(path: str | os.PathLike, model: ZoomModel, info: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: str | os.PathLike, model: Model, info: dict[str, Any] | None = None) -> None:
     """Write ``model`` (its weights, config and grid) and ``info`` (JSON-able) atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {
@@ -43,10 +45,11 @@ def save_checkpoint(path: str | os.PathLike, model: ZoomModel, info: dict[str, A
         save_file(state, str(tmp), metadata=metadata)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ZoomModel, dict[str, Any]]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Model, dict[str, Any]]:
     """Rebuild the model stored at ``path`` (a checkpoint, or a run folder: its best one); eval mode.
 
-    Returns the model and the checkpoint's ``info``.
+    Its kind (zoom or retrieval) is the ``kind`` of the model config in the metadata. Returns
+    the model and the checkpoint's ``info``.
     """
     path = resolve_checkpoint(path)
     metadata, state = _read(path)
@@ -58,7 +61,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise CheckpointError(f"broken metadata ({exc})", path) from None
     # The weights come from the file: never read (or download) the encoder's initial weights.
     cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, weights="none"))
-    model = ZoomModel(cfg, grid)
+    model = build_model(cfg, grid)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         what = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, unknown to the model"
@@ -94,7 +97,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Optimizer, scheduler, step and RNG states for ``--resume`` (atomic)."""
+    """Weights, optimizer, scheduler, step and RNG states for ``--resume``, in one file (atomic)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -102,8 +105,12 @@ def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read what :func:`save_train_state` wrote; ``weights_only`` so no pickle code runs."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError("no training state to resume from", path) from None
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, … for foreign files
+    except pickle.UnpicklingError:  # torch's own message would explain how to load it unsafely
+        raise CheckpointError("refused: not only tensors and plain data (unpickling it could run code)", path) from None
+    except Exception as exc:  # torch raises KeyError, RuntimeError, … for foreign files
         raise CheckpointError(f"unreadable training state ({str(exc).splitlines()[0]})", path) from None

@@ -127,7 +127,7 @@ def read_metadata_csv(path: Path) -> pd.DataFrame:
         bad = ~(np.isfinite(values) & (values.abs() <= limit))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise InputError(f"line {i + 2}: {col} {df[col].iloc[i]!r} is not a number within ±{limit:g}", path)
+            raise InputError(f"line {i + 2}: {col} {str(df[col].iloc[i])!r} is not a number within ±{limit:g}", path)
         df[col] = values.astype(float)
     return df
 

@@ -8,7 +8,10 @@ stderr and exit code 2 here, in :func:`main`, and nowhere else.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -89,7 +92,6 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     """Photos are read before the model loads: a call with only unreadable files fails at once."""
     import json
 
-    from zoomloc.citydir import CityDir
     from zoomloc.localize import Localizer
     from zoomloc.pyramid import PyramidReader
     from zoomloc.report import describe
@@ -100,8 +102,8 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     photos = _readable_photos(args.photos)
     if not photos:
         raise ZoomlocError(f"none of the {len(args.photos)} photos could be read")
-    pyramid = CityDir(args.city).pyramid_path
-    loc = Localizer.load(args.model, pyramid, progress=not args.quiet)
+    model, pyramid = _model_and_pyramid(args)
+    loc = Localizer.load(model, pyramid, progress=not args.quiet)
     truths = [_exif_position(path) for path in photos]
     results = loc.localize(photos, beam=args.beam, topk=args.topk, truths=truths)
     for result in results:
@@ -113,10 +115,29 @@ def _cmd_localize(args: argparse.Namespace) -> None:
             print(f"map: {args.map}")
 
 
+def _model_and_pyramid(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--model`` and ``--city``'s pyramid, or the embedded default's when both are left out."""
+    from zoomloc.citydir import CityDir
+    from zoomloc.demo import require_default_demo
+
+    if (args.model is None) != (args.city is None):
+        raise ZoomlocError("--model and --city go together: give both, or neither to use the embedded demo model")
+    if args.model is None:
+        demo = require_default_demo()
+        return demo.model, demo.city.pyramid_path
+    return args.model, CityDir(args.city).pyramid_path
+
+
 def _readable_photos(paths: Sequence[Path]) -> list[Path]:
-    """The photos that decode; each other one is named on stderr, so one bad file spoils no batch."""
+    """The photos that decode; each other one is named on stderr, so one bad file spoils no batch.
+
+    A single photo that does not decode is the command's error itself: one line, exit code 2.
+    """
     from zoomloc.data import load_photo
 
+    if len(paths) == 1:
+        load_photo(paths[0])
+        return list(paths)
     readable = []
     for path in paths:
         try:
@@ -140,6 +161,12 @@ def _exif_position(path: Path) -> tuple[float, float] | None:
         except (NoGpsError, CorruptExifError):
             return None
     return fix.lon, fix.lat
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> None:
+    from zoomloc.benchmark import run_benchmark
+
+    print(run_benchmark(args.config, args.out, args.city, progress=not args.quiet).describe())
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -229,7 +256,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command(
         "train",
         _cmd_train,
-        "Train a zoom model on a city's train split, selected by validation Recall@1 within 50 m.",
+        "Train a zoom model (or, with model.kind: retrieval, the retrieval baseline) on a city's train split, "
+        "selected by validation Recall@1 within 50 m.",
         "zoomloc train cities/demo --config configs/zoom.yaml --out runs/demo",
     )
     p.add_argument("city_dir", type=Path, help="city directory with split.csv and pyramid.h5")
@@ -256,28 +284,38 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("city_dir", type=Path, help="city directory with split.csv and pyramid.h5")
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which photos (default test)")
-    p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy, as the paper)")
+    p.add_argument("--beam", type=int, default=1, help="beam width of a zoom model (1: greedy, as the paper)")
     p.add_argument("--out", type=Path, required=True, help="metrics.json to write; the CDF PNG and per-query CSV go beside it")
 
     p = command(
         "localize",
         _cmd_localize,
         "Tell where street-level photos (JPEG/PNG, any size) were taken: position, certainty, alternatives.",
-        "zoomloc localize photo.jpg --model runs/demo --city cities/demo --beam 4 --map map.html",
+        "zoomloc localize photo.jpg --map map.html   (the demo model; or --model runs/NAME --city CITY_DIR)",
     )
     p.add_argument("photos", type=Path, nargs="+", metavar="PHOTO", help="photos to localize; unreadable ones are skipped")
-    required = "required until a default model is embedded"
-    p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help=f"run folder or checkpoint ({required})")
-    p.add_argument("--city", type=Path, required=True, metavar="CITY_DIR", help=f"city directory with pyramid.h5 ({required})")
+    default = "default: the embedded demo, built by `make demo`"
+    p.add_argument("--model", type=Path, default=None, metavar="RUN_DIR", help=f"run folder or checkpoint ({default})")
+    p.add_argument("--city", type=Path, default=None, metavar="CITY_DIR", help=f"city directory with pyramid.h5 ({default})")
     p.add_argument("--beam", type=int, default=4, help="beam width (default 4; 1: greedy)")
     p.add_argument("--topk", type=int, default=5, help="candidates to report, at most --beam (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per photo and line on stdout, nothing else")
     p.add_argument("--map", type=Path, default=None, metavar="OUT.html", help="also write an interactive map of the results")
 
     p = command(
+        "benchmark",
+        _cmd_benchmark,
+        "Zoom vs contrastive retrieval on one city, same budget: split, pyramid, train both, evaluate, report.",
+        "zoomloc benchmark --config configs/bench.yaml --out benchmarks/results/bench",
+    )
+    p.add_argument("--config", type=Path, required=True, help="benchmark config (configs/bench.yaml; configs/bench_quick.yaml: minutes)")
+    p.add_argument("--city", type=Path, default=None, metavar="CITY_DIR", help="an existing city directory (default: generate the config's synthetic city under OUT/city)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: runs, results.json, report.md, error_cdf.png")
+
+    p = command(
         "demo",
         _cmd_demo,
-        "Build the embedded default demo city (synthetic city, split, pyramid) and run the main job on it.",
+        "Build the embedded default (demo city, split, pyramid, model), evaluate it and localize held-out photos.",
         "zoomloc demo --out out/demo",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
@@ -286,17 +324,47 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or ``kill`` stopping a job), raised like Ctrl-C.
+
+    Unwinding as an exception is what lets atomic writers delete their temporary files; the
+    default action of SIGTERM would end the process on the spot and leave them behind.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _default_sigterm_in_child() -> None:
+    """Forked workers (a pool, a data loader) die on SIGTERM as usual instead of unwinding.
+
+    A worker that inherited :func:`_raise_terminated` would print a traceback of its own when
+    its pool shuts it down, or hang if the signal arrives while it holds a lock.
+    """
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoomloc`` console script."""
     args = _build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can it handle signals
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         args.handler(args)
     except ZoomlocError as exc:
         print(f"zoomloc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"zoomloc {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

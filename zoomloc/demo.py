@@ -1,62 +1,118 @@
-"""The embedded default: the demo city, built end to end by ``zoomloc demo`` (``make demo``).
+"""The embedded default: the demo city and its model, built end to end by ``zoomloc demo`` (``make demo``).
 
 The demo is the main job on data the project generates itself: a synthetic city from
-``configs/cities/demo.yaml``, its area split and its tile pyramid. Each stage is skipped when
-its output already exists (outputs are written atomically, so an existing file is complete),
-which makes a second ``make demo`` cheap.
+``configs/cities/demo.yaml``, its area split, its tile pyramid, a zoom model trained on its
+training area for a few minutes (``configs/demo_model.yaml``), an evaluation on the held-out
+test area, a few test photos localized and drawn on ``map.html``. Each stage is skipped when its
+output already exists (outputs are written atomically, so an existing file is complete), which
+makes a second ``make demo`` cheap; an interrupted training resumes.
+
+The folder it builds is also what ``zoomloc localize`` uses when given no ``--model``/``--city``:
+:func:`default_demo` finds it (``$ZOOMLOC_DEMO_DIR``, else ``out/demo`` in the checkout).
 """
 
 from __future__ import annotations
 
-import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.split import SplitConfig, split_city
-from data_prep.synth import SynthCityConfig, synth_city
+from data_prep.split import SplitConfig
+from zoomloc.checkpoint import BEST
 from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
-from zoomloc.pyramid import PyramidReader, PyramidSpec, build_pyramid
+from zoomloc.data import Samples
+from zoomloc.errors import InputError
+from zoomloc.evaluate import evaluate_run
+from zoomloc.localize import Localizer
+from zoomloc.pyramid import PyramidReader, PyramidSpec
+from zoomloc.report import describe
+from zoomloc.stages import Stages
+from zoomloc.viz import localization_map, save_map
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEFAULT_DEMO_CONFIG = CONFIGS / "demo.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+DEMO_DIR_ENV = "ZOOMLOC_DEMO_DIR"
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo builds; ``city`` is a synth-city config, relative to the repository's configs/."""
+    """What the demo builds; ``city`` and ``model`` are config files relative to this config's folder."""
 
     city: str = "cities/demo.yaml"
     split: SplitConfig = field(default_factory=SplitConfig)
     pyramid: PyramidSpec = field(default_factory=PyramidSpec)
+    model: str = "demo_model.yaml"
+    show: int = 6  # held-out photos localized, printed and drawn on the map
+    beam: int = 4
+
+    def __post_init__(self) -> None:
+        if self.show < 1 or self.beam < 1:
+            raise ValueError("show and beam must be at least 1")
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where a demo folder keeps each product."""
+
+    root: Path
+
+    @property
+    def city(self) -> CityDir:
+        return CityDir(self.root / "city")
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "test" / "metrics.json"
+
+    @property
+    def map(self) -> Path:
+        return self.root / "map.html"
+
+
+def default_demo() -> DemoPaths:
+    """The embedded default's folder: ``$ZOOMLOC_DEMO_DIR`` when set, else the checkout's ``out/demo``."""
+    return DemoPaths(Path(os.environ.get(DEMO_DIR_ENV) or REPO / "out" / "demo"))
+
+
+def require_default_demo() -> DemoPaths:
+    """The default demo folder, or a one-line error telling how to build it."""
+    demo = default_demo()
+    if not (demo.model / BEST).is_file() or not demo.city.pyramid_path.is_file():
+        raise InputError("no embedded default model yet: run `make demo` (or `zoomloc demo`) once, or pass --model and --city", demo.root)
+    return demo
 
 
 def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -> list[str]:
-    """Build the demo city under ``out_dir/city`` and return what was done, one line per stage."""
-    config = DEFAULT_DEMO_CONFIG if config is None else config
+    """Build (or complete) the demo under ``out_dir`` and return what was done, one block per stage."""
+    config = Path(DEFAULT_DEMO_CONFIG if config is None else config)
     cfg = load_yaml(DemoConfig, config)
-    city = CityDir(Path(out_dir) / "city")
-    report = []
-
-    def stage(name: str, done: bool, run) -> None:
-        if done:
-            report.append(f"{name}: already there")
-            return
-        start = time.perf_counter()
-        summary = run()
-        report.append(f"{name}: {time.perf_counter() - start:.1f} s\n  " + summary.describe().replace("\n", "\n  "))
-
-    stage(
-        "city",
-        city.metadata_csv.is_file(),
-        lambda: synth_city(city.root, SynthCityConfig.from_yaml(config.parent / cfg.city), progress=progress),
+    demo = DemoPaths(Path(out_dir))
+    stages = Stages()
+    stages.city(demo.city, config.parent / cfg.city, cfg.split, cfg.pyramid, progress)
+    stages.model("model", demo.city, config.parent / cfg.model, demo.model, progress)
+    stages.run(
+        "evaluation",
+        demo.metrics.is_file(),
+        lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, progress=progress),
     )
-    stage("split", city.split_csv.is_file(), lambda: split_city(city.root, cfg.split))
-    stage("pyramid", city.pyramid_path.is_file(), lambda: build_pyramid(city.root, cfg.pyramid, progress=progress))
-    with PyramidReader(city.pyramid_path) as pyr:
-        g = pyr.grid
-        report.append(
-            f"ready: {city.root} — {g.side_m:.0f} m region, {g.levels} zoom steps of {g.k}x{g.k}, "
-            f"terminal cell {g.terminal_m:.1f} m"
-        )
-    return report
+    return [*stages.report, _localize_held_out(demo, cfg)]
+
+
+def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
+    """Localize the first ``cfg.show`` test photos, print them and draw them on ``map.html``."""
+    loc = Localizer.load(demo.model, demo.city.pyramid_path, progress=False)
+    samples = Samples.from_city(demo.city, "test", loc.model.grid)
+    n = min(cfg.show, len(samples))
+    truths = list(zip(samples.lon[:n], samples.lat[:n]))
+    results = loc.localize(samples.image_paths[:n], beam=cfg.beam, topk=cfg.beam, truths=truths)
+    with PyramidReader(demo.city.pyramid_path) as pyr:
+        save_map(localization_map(results, pyr), demo.map)
+    lines = [f"{n} held-out test photos (distance = to the photo's true position):"]
+    lines += [describe(r, truth="the true position") for r in results]
+    lines.append(f"map: {demo.map}")
+    return "\n".join(lines)

@@ -5,6 +5,11 @@ are computed once per (pyramid, encoder weights) and stored in HDF5. Inference t
 street-view encoder pass plus L small policy steps whatever the map size, and training reads
 the same table instead of encoding L views per sample.
 
+The retrieval model reads the same table: its database is the ``terminal`` rows through its
+satellite projection head (one matrix product when it loads), so a zoom and a retrieval model
+with the same frozen satellite weights share one cache file, and the head can train on cached
+features.
+
 HDF5 layout (``zoomloc embed``)::
 
     level_{l}   [k^(2l), D] float32   view embeddings of the cells of level l = 0..L-1
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +60,13 @@ class SatEmbeddings:
         cells = torch.from_numpy(self.grid.cell_of_path(paths.cpu().numpy())).to(table.device)
         return table[cells]
 
-    def of_prefixes(self, paths: Tensor, upto: int) -> Tensor:
-        """``[N, upto, D]``: for each path, the embeddings of its prefixes of length 0..upto-1 (teacher forcing)."""
-        return torch.stack([self.of_paths(paths[:, :i]) for i in range(upto)], dim=1)
+    def of_prefixes(self, paths: Tensor, lengths: Sequence[int]) -> Tensor:
+        """``[N, n, D]``: for each path ``[N, L]``, the embeddings of its prefixes of the n ``lengths``.
+
+        A model's training input (its ``sat_prefixes``): 0..L-1 for teacher forcing, L (the
+        terminal context crop) for refinement and for retrieval.
+        """
+        return torch.stack([self.of_paths(paths[:, :n]) for n in lengths], dim=1)
 
     def to(self, device: torch.device | str) -> SatEmbeddings:
         return SatEmbeddings(self.grid, [t.to(device) for t in self.levels], self.terminal.to(device))

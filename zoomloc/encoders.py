@@ -251,6 +251,17 @@ class ViewEncoders(nn.Module):
         """``[B, 3, s, s]`` → ``[B, D]``."""
         return self.backbone("sat")(images)
 
+    def sat_features(self, sats: Tensor) -> Tensor:
+        """``[B, n, D]``: views ``[B, n, 3, s, s]`` encoded; precomputed embeddings ``[B, n, D]`` as they are.
+
+        A model's training input holds either, depending on whether the satellite encoder trains
+        (views read by the loader) or is frozen (embeddings from the cache).
+        """
+        if sats.dim() != 5:
+            return sats
+        b, n = sats.shape[:2]
+        return self.encode_sat(sats.flatten(0, 1)).view(b, n, -1)
+
     def train(self, mode: bool = True) -> ViewEncoders:
         """Train mode, except for norm layers whose parameters are frozen (their stats stay)."""
         super().train(mode)

@@ -4,11 +4,16 @@ Accuracy is measured on every photo of the split, batched; latency on single que
 decoding, street encoder, decoding), as a user would see it. Writes ``metrics.json`` (the
 schema below), ``errors.csv`` (one row per query) and ``error_cdf.png`` beside it::
 
-    {"model": "zoom", "split": "test", "n_queries": N, "beam": B,
+    {"model": "zoom" | "retrieval", "split": "test", "n_queries": N,
+     "beam": B,                         # zoom only
      "recall_at_1": {"25": %, "40": %, "50": %, "100": %}, "recall_at_5": {"50": %, "100": %},
-     "median_error_m": m, "mean_error_m": m, "step_accuracy": [%, ...],
+     "median_error_m": m, "mean_error_m": m,
+     "step_accuracy": [%, ...],         # zoom only: free-running, per level
      "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
-     "index_build_s": s}      # embedding every pyramid view, from scratch
+     "index_build_s": s}      # embedding every pyramid view (retrieval: and the database), from scratch
+
+Both kinds go through one :class:`~zoomloc.localize.Localizer`, so they are measured by the
+same code: a retrieval model's answer is its search's top cell, its top 5 the five best cells.
 """
 
 from __future__ import annotations
@@ -50,15 +55,20 @@ class EvalReport:
         m = self.metrics
         r1 = "  ".join(f"{d} m: {v:5.1f}%" for d, v in m["recall_at_1"].items())
         r5 = "  ".join(f"{d} m: {v:5.1f}%" for d, v in m["recall_at_5"].items())
+        how = f" (beam {m['beam']})" if "beam" in m else ""
+        lines = [
+            f"{m['model']} model on {m['n_queries']} {m['split']} photos{how}",
+            f"  Recall@1  {r1}",
+            f"  Recall@5  {r5}",
+            f"  error     median {m['median_error_m']:.1f} m, mean {m['mean_error_m']:.1f} m",
+        ]
+        if "step_accuracy" in m:
+            lines.append(f"  steps     free-running accuracy per level: {', '.join(f'{a:.1f}%' for a in m['step_accuracy'])}")
         return "\n".join(
             [
-                f"{m['model']} model on {m['n_queries']} {m['split']} photos (beam {m['beam']})",
-                f"  Recall@1  {r1}",
-                f"  Recall@5  {r5}",
-                f"  error     median {m['median_error_m']:.1f} m, mean {m['mean_error_m']:.1f} m",
-                f"  steps     free-running accuracy per level: {', '.join(f'{a:.1f}%' for a in m['step_accuracy'])}",
+                *lines,
                 f"  latency   p50 {m['latency_ms']['p50']:.1f} ms, p95 {m['latency_ms']['p95']:.1f} ms per query; "
-                f"peak memory {m['peak_rss_mb']:.0f} MB",
+                f"peak memory {m['peak_rss_mb']:.0f} MB; index built in {m['index_build_s']:.1f} s",
                 f"wrote {self.metrics_path} (+ errors.csv, error_cdf.png)",
             ]
         )
@@ -87,7 +97,8 @@ def evaluate_run(
     street = street_embeddings(loc, samples, progress=progress)
     best, metrics = accuracy(loc, street, samples, beam)
     errors = np.array([r.error_m for r in best])
-    metrics = {"model": loc.model.cfg.kind, "split": split, "beam": beam, **metrics}
+    kind = loc.model.cfg.kind
+    metrics = {"model": kind, "split": split, **({"beam": beam} if kind == "zoom" else {}), **metrics}
     metrics["latency_ms"] = _latency_ms(loc, samples, beam)
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics["index_build_s"] = index_s
@@ -122,11 +133,12 @@ def street_embeddings(loc: Localizer, samples: Samples, *, workers: int = 2, pro
 
 
 def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int = 1) -> tuple[list[Localization], dict[str, Any]]:
-    """Free-running decoding of ``samples`` from their street embeddings: results and accuracy metrics.
+    """Free-running localization of ``samples`` from their street embeddings: results and accuracy metrics.
 
-    Recall@1 and errors come from the best path of a beam of ``beam``; Recall@5 from the top 5
-    of a beam of at least 5; step accuracy is the share of queries whose decoded path is right
-    down to each level.
+    Recall@1 and errors come from the best path of a beam of ``beam`` (retrieval: the most
+    similar cell); Recall@5 from the top 5 of a beam of at least 5 (the 5 most similar cells);
+    step accuracy, for a zoom model, is the share of queries whose decoded path is right down
+    to each level.
     """
     truths = list(zip(samples.lon, samples.lat))
     best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
@@ -135,9 +147,10 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     top5_errors = np.array(
         [geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat) for r in top5]
     )
-    paths = np.array([r.actions for r in best])
     metrics = summarize_errors(errors, top5_errors)
-    metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
+    if loc.model.cfg.kind == "zoom":
+        paths = np.array([r.actions for r in best])
+        metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
     return best, metrics
 
 

@@ -8,7 +8,9 @@
 
 Satellite view embeddings come from a cache beside the pyramid (computed on first use for the
 model's satellite-encoder weights), so a query costs one street-view encoder pass and L policy
-steps per beam, whatever the size of the map.
+steps per beam, whatever the size of the map. A retrieval model (:mod:`zoomloc.retrieval`)
+goes through the same class: its database is built from the same cache when it loads, and a
+query is one street pass and one exact search; ``beam`` does not apply to it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from zoomloc.data import load_photo
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings
 from zoomloc.grid import ZoomGrid
 from zoomloc.localization import Candidate, Localization, Step
-from zoomloc.model import ZoomModel
+from zoomloc.model import Model, ZoomModel
 from zoomloc.pyramid import PyramidReader
+from zoomloc.retrieval import RetrievalModel
 
 BATCH = 32
 
@@ -47,7 +50,7 @@ def decode(model: ZoomModel, street_emb: Tensor, sat: SatEmbeddings, beam: int =
     return beam_search(model.policy, street_emb, sat.of_paths, beam=beam, topk=topk)
 
 
-def predicted_positions(model: ZoomModel, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
+def predicted_positions(model: Model, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
     """Lon/lat ``[Q, K]`` of each query's K candidates."""
     paths = np.stack([r.paths.cpu().numpy() for r in results])
     offsets = np.stack([r.offsets.cpu().numpy() for r in results]) if results[0].offsets is not None else None
@@ -55,13 +58,14 @@ def predicted_positions(model: ZoomModel, results: list[BeamResult]) -> tuple[np
 
 
 class Localizer:
-    """A trained zoom model bound to a city's pyramid and its cached view embeddings."""
+    """A trained model (zoom or retrieval) bound to a city's pyramid and its cached view embeddings."""
 
-    def __init__(self, model: ZoomModel, sat: SatEmbeddings, device: torch.device | str = "cpu"):
+    def __init__(self, model: Model, sat: SatEmbeddings, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
         self.sat = sat.to(device)
         self.device = torch.device(device)
         self.transforms = model.encoders.transforms()
+        self.database = model.database(self.sat) if isinstance(model, RetrievalModel) else None
 
     @classmethod
     def load(
@@ -102,6 +106,16 @@ class Localizer:
         names = [getattr(img, "filename", "") or "<image>" if isinstance(img, Image.Image) else str(img) for img in images]
         return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths)
 
+    def search(self, street_emb: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+        """The best terminal cells of each query ``[Q, D]``, best first.
+
+        A zoom model's are the ``min(topk, beam)`` best paths of a beam search; a retrieval
+        model's the ``topk`` most similar cells of an exact search (``beam`` does not apply).
+        """
+        if self.database is not None:
+            return self.database.search(street_emb, topk)
+        return decode(self.model, street_emb, self.sat, beam=beam, topk=min(topk, beam))
+
     @torch.no_grad()
     def localize_embeddings(
         self,
@@ -112,10 +126,9 @@ class Localizer:
         topk: int = 5,
         truths: Sequence[tuple[float, float] | None] | None = None,
     ) -> list[Localization]:
-        """Localize from precomputed street embeddings ``[N, D]``."""
+        """Localize from precomputed street embeddings ``[N, D]`` (see :meth:`search`)."""
         grid = self.model.grid
-        topk = min(topk, beam)
-        results = decode(self.model, street_emb.to(self.device), self.sat, beam=beam, topk=topk)
+        results = self.search(street_emb.to(self.device), beam=beam, topk=topk)
         lon, lat = predicted_positions(self.model, results)
         out = []
         for i, r in enumerate(results):

@@ -1,8 +1,14 @@
-"""The zoom model: view encoders plus the zoom policy, built from a config and a grid.
+"""The models: the zoom model (view encoders plus the zoom policy) and the retrieval baseline.
 
 A model is defined by its :class:`ModelConfig` and the :class:`~zoomloc.grid.ZoomGrid` it
-zooms over (k and levels fix the policy's action space and sequence length), so checkpoints
-carry both and :func:`zoomloc.checkpoint.load_model` needs nothing else.
+localizes on (k and levels fix the policy's action space and sequence length, and the
+retrieval database's cells), so checkpoints carry both and :func:`build_model` rebuilds either
+kind from them: :func:`zoomloc.checkpoint.load_model`, the trainer and the
+:class:`~zoomloc.localize.Localizer` need nothing else.
+
+Both kinds share the encoders and this training interface, so one trainer serves both:
+``encoders``, ``grid``, ``cfg``, ``encode_street(images)``, ``sat_prefixes`` (which views of
+its path a training sample's satellite input holds) and ``forward(images, paths, sats)``.
 """
 
 from __future__ import annotations
@@ -15,19 +21,28 @@ from torch import Tensor, nn
 from zoomloc.encoders import EncoderConfig, build_encoder
 from zoomloc.grid import ZoomGrid
 from zoomloc.policy import PolicyConfig, ZoomPolicy
+from zoomloc.retrieval import RetrievalConfig, RetrievalModel
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which model: its kind, encoders and (for ``zoom``) policy sizes.
+    """Which model: its kind, encoders and its kind's own section (``policy`` or ``retrieval``).
 
     The policy's ``k``, ``levels`` and ``embed_dim`` are not taken from here: they follow the
-    pyramid's grid and the encoder's feature size when the model is built.
+    pyramid's grid and the encoder's feature size when the model is built. Setting the other
+    kind's section is refused: it would silently change nothing.
     """
 
-    kind: Literal["zoom"] = "zoom"
+    kind: Literal["zoom", "retrieval"] = "zoom"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind == "zoom" and self.retrieval != RetrievalConfig():
+            raise ValueError("the retrieval section applies to kind retrieval, this model is kind zoom")
+        if self.kind == "retrieval" and self.policy != PolicyConfig():
+            raise ValueError("the policy section applies to kind zoom, this model is kind retrieval")
 
 
 class ZoomModel(nn.Module):
@@ -40,6 +55,11 @@ class ZoomModel(nn.Module):
         self.cfg = replace(cfg, policy=policy_cfg)
         self.grid = grid
         self.policy = ZoomPolicy(policy_cfg)
+
+    @property
+    def sat_prefixes(self) -> tuple[int, ...]:
+        """The views teacher forcing feeds: every path prefix's, plus the terminal context crop when refining."""
+        return tuple(range(self.grid.levels + (1 if self.policy.offset_head is not None else 0)))
 
     def encode_street(self, images: Tensor) -> Tensor:
         return self.encoders.encode_street(images)
@@ -55,10 +75,16 @@ class ZoomModel(nn.Module):
         (encoded here, when the satellite encoder trains). One call does it all so that
         DistributedDataParallel sees every trainable parameter used in its forward.
         """
-        if sats.dim() == 5:
-            b, n = sats.shape[:2]
-            sats = self.encode_sat(sats.flatten(0, 1)).view(b, n, -1)
+        sats = self.encoders.sat_features(sats)
         street = self.encode_street(images)
         if self.policy.offset_head is not None:
             return self.policy.forward_with_offset(street, sats, paths)
         return self.policy(street, sats, paths), None
+
+
+Model = ZoomModel | RetrievalModel
+
+
+def build_model(cfg: ModelConfig, grid: ZoomGrid) -> Model:
+    """The model of ``cfg.kind`` over ``grid``, encoder weights loaded as ``cfg.encoder`` says."""
+    return RetrievalModel(cfg, grid) if cfg.kind == "retrieval" else ZoomModel(cfg, grid)

@@ -16,11 +16,11 @@ from __future__ import annotations
 from zoomloc.localization import Localization
 
 
-def describe(loc: Localization) -> str:
-    """The multi-line text block of one localization."""
+def describe(loc: Localization, truth: str = "EXIF GPS") -> str:
+    """The multi-line text block of one localization; ``truth`` names where its known position came from."""
     lines = [loc.image, f"  {_position(loc.lat, loc.lon)}  ({loc.cell_size_m:.0f} m cell, probability {_p(loc.probability)})"]
     if loc.error_m is not None:
-        lines.append(f"  distance to EXIF GPS: {loc.error_m:,.0f} m")
+        lines.append(f"  distance to {truth}: {loc.error_m:,.0f} m")
     alternatives = loc.candidates[1:]
     if alternatives:
         lines.append("  alternatives:")

@@ -1,10 +1,15 @@
-"""Training the zoom model (``zoomloc train``): teacher forcing, selected by free-running recall.
+"""Training a model (``zoomloc train``): the zoom model by teacher forcing, or the retrieval baseline.
 
-The paper's recipe: each step feeds the ground-truth path (teacher forcing) and takes the
-cross-entropy of every zoom decision, label smoothing 0.1, AdamW with warmup and cosine decay,
-gradient clipping at 1.0 — no contrastive loss, no hard negatives. The model kept is the one
-with the best **validation Recall@1 within 50 m from greedy decoding**, because teacher-forced
-accuracy hides how errors compound when the model feeds on its own decisions.
+The paper's recipe for the zoom model: each step feeds the ground-truth path (teacher forcing)
+and takes the cross-entropy of every zoom decision, label smoothing 0.1, AdamW with warmup and
+cosine decay, gradient clipping at 1.0 — no contrastive loss, no hard negatives. The retrieval
+baseline (``model.kind: retrieval``, :mod:`zoomloc.retrieval`) goes through the same loop with
+its own loss, symmetric InfoNCE over the batch, optionally on batches of GPS neighbours
+(:class:`~zoomloc.data.NeighbourOrder`); everything else — data, optimiser, schedule,
+checkpoints, validation — is shared, so the two are compared on equal terms. The model kept is
+the one with the best **validation Recall@1 within 50 m** (free-running: greedy decoding, or
+the top-1 cell of the search), because teacher-forced accuracy hides how errors compound when
+the model feeds on its own decisions.
 
 A run folder holds ``config.yaml``, ``best.safetensors``, ``last.safetensors`` +
 ``train_state.pt`` (for ``--resume``), ``metrics.jsonl`` and ``curve.png``. Under
@@ -32,21 +37,25 @@ from tqdm import tqdm
 
 from zoomloc import distributed
 from zoomloc.atomic import atomic_path, write_text
-from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_model, load_train_state, save_checkpoint, save_train_state
+from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
 from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
-from zoomloc.data import AugmentConfig, Samples, StepBatches, StreetDataset
+from zoomloc.data import AugmentConfig, NeighbourOrder, Samples, StepBatches, StreetDataset
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings, compute_embeddings
 from zoomloc.errors import InputError
 from zoomloc.evaluate import accuracy, street_embeddings
 from zoomloc.localize import Localizer
-from zoomloc.model import ModelConfig, ZoomModel
+from zoomloc.model import ModelConfig, build_model
 from zoomloc.policy import offset_loss, zoom_loss
 from zoomloc.pyramid import PyramidReader
+from zoomloc.retrieval import info_nce
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CURVE = "curve.png"
+
+Batch = dict[str, torch.Tensor]
+Objective = tuple[torch.Tensor, dict[str, float]]  # a step's loss and what to log of it
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # of the zoom steps' cross-entropy
     refine_weight: float = 1.0  # weight of the sub-cell offset loss, when the policy refines
     log_every: int = 20
     val_every: int = 250
@@ -84,6 +93,11 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        r = self.model.retrieval
+        if self.model.kind == "retrieval" and r.neighbour_batching and self.train.batch_size % r.neighbour_group:
+            raise ValueError(f"retrieval.neighbour_group {r.neighbour_group} must divide train.batch_size {self.train.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class _Trainer:
             if not (out / CONFIG).is_file():
                 raise InputError(f"nothing to resume: no {CONFIG}", out)
             cfg = load_run_config(out / CONFIG)
+            state = load_train_state(out / TRAIN_STATE)  # refused before any work, not after
         elif (out / LAST).exists():
             raise InputError("holds a training run already; use --resume to continue it or another --out", out)
         self.cfg, self.tc, self.out, self.run, self.progress = cfg, cfg.train, out, run, progress and run.main
@@ -142,18 +157,17 @@ class _Trainer:
         self.pyramid = PyramidReader(city.pyramid_path)
         grid = self.pyramid.grid
         _seed_everything(self.tc.seed, self.tc.deterministic)
-        self.model = ZoomModel(cfg.model, grid).to(run.device)
+        self.model = build_model(cfg.model, grid).to(run.device)
+        self.objective = self._retrieval_objective if cfg.model.kind == "retrieval" else self._zoom_objective
         self.train_samples = Samples.from_city(city, "train", grid)
         self.val_samples = Samples.from_city(city, "val", grid).subset(self.tc.val_queries, self.tc.seed)
-        self.refine = self.model.policy.offset_head is not None
-        self.n_views = grid.levels + (1 if self.refine else 0)
         self.sat_frozen = cfg.model.encoder.sat_frozen
         self.sat_cache = self._sat_embeddings() if self.sat_frozen else None
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=self.tc.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step, self.best = 0, {}
         if resume:
-            self._restore()
+            self._restore(state)
         elif run.main:
             out.mkdir(parents=True, exist_ok=True)
             write_text(out / CONFIG, yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
@@ -177,7 +191,7 @@ class _Trainer:
         return emb.to(self.run.device)
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: encoder vs policy learning rate, no weight decay on norms, biases, embeddings."""
+        """AdamW groups: encoder vs policy (or heads) learning rate, no weight decay on norms, biases, embeddings, scales."""
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
             if p.requires_grad:
@@ -218,10 +232,10 @@ class _Trainer:
             self.model.encoders.transforms(),
             self.tc.augment,
             pyramid=None if self.sat_frozen else self.pyramid,
-            with_terminal=self.refine,
+            sat_prefixes=self.model.sat_prefixes,
         )
         batches = StepBatches(
-            len(dataset), self.tc.batch_size, self.tc.seed, self.step, self.tc.steps, self.run.rank, self.run.world
+            len(dataset), self.tc.batch_size, self.tc.seed, self.step, self.tc.steps, self.run.rank, self.run.world, self._order()
         )
         bar = tqdm(total=self.tc.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         window: list[dict[str, float]] = []
@@ -245,29 +259,50 @@ class _Trainer:
             plot_curve(self.out / METRICS, self.out / CURVE)
         return TrainSummary(self.out, self.step, time.perf_counter() - start, self.best)
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _order(self) -> NeighbourOrder | None:
+        """Batches of GPS neighbours, when a retrieval model asks for them; else random batches."""
+        r = self.cfg.model.retrieval
+        if self.cfg.model.kind != "retrieval" or not r.neighbour_batching:
+            return None
+        return NeighbourOrder.of_samples(self.train_samples, self.pyramid.grid, r.neighbour_radius_m, r.neighbour_group)
+
+    def _train_step(self, batch: Batch) -> dict[str, float]:
         self.ddp.train()
         device = self.run.device
         images, paths = batch["image"].to(device, non_blocking=True), batch["path"].to(device)
-        # The satellite input of teacher forcing: each path prefix's cached view embedding, or
-        # (a training satellite encoder) its view, read by the loader.
-        sats = self.sat_cache.of_prefixes(paths, self.n_views) if self.sat_cache is not None else batch["sats"].to(device)
+        # The satellite input: the model's path prefixes' cached view embeddings, or (a training
+        # satellite encoder) their views, read by the loader.
+        prefixes = self.model.sat_prefixes
+        sats = self.sat_cache.of_prefixes(paths, prefixes) if self.sat_cache is not None else batch["sats"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.tc.amp and device.type == "cuda"):
-            logits, offset = self.ddp(images, paths, sats)
-        logits = logits.float()
-        loss = zoom_loss(logits, paths, self.tc.label_smoothing)
-        if offset is not None:
-            loss = loss + self.tc.refine_weight * offset_loss(offset.float(), batch["offset"].to(device))
+            out = self.ddp(images, paths, sats)
+        loss, stats = self.objective(out, paths, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": loss.item(), "acc": (logits.argmax(-1) == paths).float().mean().item()}
+        return {"loss": loss.item(), **stats}
+
+    def _zoom_objective(self, out: tuple[torch.Tensor, torch.Tensor | None], paths: torch.Tensor, batch: Batch) -> Objective:
+        """Cross-entropy of every zoom step (plus the offset loss when refining); acc: teacher-forced steps right."""
+        logits, offset = out
+        logits = logits.float()
+        loss = zoom_loss(logits, paths, self.tc.label_smoothing)
+        if offset is not None:
+            loss = loss + self.tc.refine_weight * offset_loss(offset.float(), batch["offset"].to(self.run.device))
+        return loss, {"acc": (logits.argmax(-1) == paths).float().mean().item()}
+
+    def _retrieval_objective(self, logits: torch.Tensor, paths: torch.Tensor, batch: Batch) -> Objective:
+        """Symmetric InfoNCE; acc: photos whose own crop is the most similar of the batch; the temperature."""
+        logits = logits.float()
+        own = torch.arange(len(logits), device=logits.device)
+        stats = {"acc": (logits.argmax(1) == own).float().mean().item(), "temperature": 1 / self.model.scale().item()}
+        return info_nce(logits), stats
 
     # ------------------------------------------------------------------ validation and checkpoints
     def evaluate(self, samples: Samples) -> dict[str, Any]:
-        """Greedy (free-running) decoding of ``samples``: recall, errors and per-level step accuracy."""
+        """Free-running localization of ``samples`` (greedy decoding, or the search's top cell): recall and errors."""
         sat = self.sat_cache if self.sat_cache is not None else self._sat_embeddings()
         loc = Localizer(self.model, sat, self.run.device)
         _, metrics = accuracy(loc, street_embeddings(loc, samples, workers=self.tc.workers), samples, beam=1)
@@ -287,6 +322,7 @@ class _Trainer:
                 self.out / TRAIN_STATE,
                 {
                     "step": self.step,
+                    "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "best": json.dumps(self.best),
@@ -295,12 +331,12 @@ class _Trainer:
             )
         self.run.barrier()
 
-    def _restore(self) -> None:
-        model, info = load_model(self.out / LAST, self.run.device)
-        self.model.load_state_dict(model.state_dict())
-        state = load_train_state(self.out / TRAIN_STATE)
-        if state["step"] != info.get("step"):
-            raise InputError(f"{LAST} (step {info.get('step')}) and {TRAIN_STATE} (step {state['step']}) disagree", self.out)
+    def _restore(self, state: dict[str, Any]) -> None:
+        # The weights saved with the optimizer, not last.safetensors: a run killed between the
+        # two writes leaves that file one checkpoint ahead of this state.
+        if "model" not in state:
+            raise InputError(f"{TRAIN_STATE} holds no model weights (written by an older zoomloc); start a new run", self.out)
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best = int(state["step"]), json.loads(state["best"])

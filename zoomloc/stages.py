@@ -1,0 +1,59 @@
+"""Resumable pipelines (``zoomloc demo``, ``zoomloc benchmark``): stages skipped when their output exists.
+
+Every output is written atomically, so an existing file is a complete one: a pipeline that was
+interrupted, or is run a second time, redoes only what is missing. The stages a city needs
+(generate, split, build the pyramid) and a model needs (train, resuming an interrupted run) are
+here once for both pipelines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from data_prep.split import SplitConfig, split_city
+from data_prep.synth import SynthCityConfig, synth_city
+from zoomloc.checkpoint import TRAIN_STATE
+from zoomloc.citydir import CityDir
+from zoomloc.pyramid import PyramidSpec, build_pyramid
+from zoomloc.train import CURVE, TrainSummary, load_run_config, train
+
+
+class Stages:
+    """Runs stages in order and keeps a report: one text block per stage, and each stage's seconds."""
+
+    def __init__(self) -> None:
+        self.report: list[str] = []
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, done: bool, job: Callable[[], Any]) -> Any:
+        """``job()`` unless ``done``; its result's ``describe()`` goes into the report."""
+        if done:
+            self.report.append(f"{name}: already there")
+            return None
+        start = time.perf_counter()
+        result = job()
+        self.seconds[name] = time.perf_counter() - start
+        self.report.append(f"{name}: {self.seconds[name]:.1f} s\n  " + result.describe().replace("\n", "\n  "))
+        return result
+
+    def city(self, city: CityDir, synth_config: Path | None, split: SplitConfig, pyramid: PyramidSpec, progress: bool) -> None:
+        """Generate the city from ``synth_config`` (if it has no photos yet), split it, build its pyramid."""
+        if synth_config is not None:
+            self.run(
+                "city",
+                city.metadata_csv.is_file(),
+                lambda: synth_city(city.root, SynthCityConfig.from_yaml(synth_config), progress=progress),
+            )
+        self.run("split", city.split_csv.is_file(), lambda: split_city(city.root, split))
+        self.run("pyramid", city.pyramid_path.is_file(), lambda: build_pyramid(city.root, pyramid, progress=progress))
+
+    def model(self, name: str, city: CityDir, run_config: Path, out: Path, progress: bool) -> TrainSummary | None:
+        """Train ``out`` from ``run_config`` unless a finished run is there; an interrupted one resumes."""
+        return self.run(
+            name,
+            (out / CURVE).is_file(),  # drawn when a run finishes
+            lambda: train(city.root, load_run_config(run_config), out, resume=(out / TRAIN_STATE).is_file(), progress=progress),
+        )
