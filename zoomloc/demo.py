@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.split import SplitConfig
+from zoomloc.benchmark import random_cell_metrics
 from zoomloc.checkpoint import BEST
 from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
@@ -112,7 +113,12 @@ def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
     results = loc.localize(samples.image_paths[:n], beam=cfg.beam, topk=cfg.beam, truths=truths)
     with PyramidReader(demo.city.pyramid_path) as pyr:
         save_map(localization_map(results, pyr), demo.map)
-    lines = [f"{n} held-out test photos (distance = to the photo's true position):"]
+    floor, _ = random_cell_metrics(samples, loc.model.grid, seed=0)
+    lines = [
+        f"for scale, a random cell on the same {len(samples)} test photos: R@1 within 100 m "
+        f"{floor['recall_at_1']['100']:.1f}%, median error {floor['median_error_m']:.0f} m",
+        f"{n} held-out test photos (distance = to the photo's true position):",
+    ]
     lines += [describe(r, truth="the true position") for r in results]
     lines.append(f"map: {demo.map}")
     return "\n".join(lines)
