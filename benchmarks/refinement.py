@@ -6,8 +6,8 @@ so the answer can move off the cell centre. It is kept in a config only if it lo
 trainings identical but for the head (same seed, steps, data order), both evaluated on the val
 split, and the difference printed.
 
-Without ``--city`` it generates ``configs/quick/city.yaml`` (300 m, 400 photos) split into
-10 m blocks — validation photos with training neighbours, where the policy learns within a
+Without ``--city`` it builds ``configs/bench_quick.yaml``'s city (300 m, 400 photos, split into
+10 m blocks) — validation photos with training neighbours, where the policy learns within a
 couple of minutes and reaches the right terminal cell often enough for an offset to matter.
 
     python benchmarks/refinement.py [--city CITY_DIR] [--config configs/quick/zoom.yaml] [--steps 300]
@@ -21,14 +21,15 @@ import json
 import tempfile
 from pathlib import Path
 
-from data_prep.split import SplitConfig
+from zoomloc.benchmark import BenchmarkConfig
 from zoomloc.citydir import CityDir
+from zoomloc.config import load_yaml
 from zoomloc.evaluate import evaluate_run
-from zoomloc.pyramid import PyramidSpec
 from zoomloc.stages import Stages
 from zoomloc.train import load_run_config, train
 
 REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "configs" / "bench_quick.yaml"
 
 
 def main() -> None:
@@ -41,13 +42,8 @@ def main() -> None:
         tmp = Path(tmp)
         city = CityDir(args.city or tmp / "city")
         if args.city is None:
-            Stages().city(
-                city,
-                REPO / "configs" / "quick" / "city.yaml",
-                SplitConfig(block_m=10.0, buffer_m=0.0, fractions=(0.7, 0.15, 0.15), seed=0),
-                PyramidSpec(k=4, levels=2, side_m=300.0, terminal_m=None, px=32),
-                progress=False,
-            )
+            quick = load_yaml(BenchmarkConfig, QUICK)
+            Stages().city(city, QUICK.parent / quick.city, quick.split, quick.pyramid, progress=False)
         base = load_run_config(args.config)
         rows = {}
         for refine in (False, True):

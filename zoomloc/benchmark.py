@@ -41,7 +41,7 @@ from zoomloc.grid import ZoomGrid, geodesic_m
 from zoomloc.metrics import RECALL_AT_1_M, RECALL_AT_5_M, summarize_errors
 from zoomloc.pyramid import PyramidReader, PyramidSpec
 from zoomloc.stages import Stages
-from zoomloc.train import load_run_config
+from zoomloc.train import RunConfig, load_run_config
 
 KINDS = ("zoom", "retrieval")
 # Just Zoom In, Table 1 (DC): autoregressive zooming vs Sample4Geo, Recall@1 within d metres.
@@ -84,7 +84,8 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
     config, out = Path(config), Path(out)
     cfg = load_yaml(BenchmarkConfig, config)
     runs = {kind: config.parent / getattr(cfg, kind) for kind in KINDS}
-    budget = _equal_budget(runs)
+    run_cfgs = {kind: load_run_config(path) for kind, path in runs.items()}
+    budget = _equal_budget(run_cfgs, runs)
     city = CityDir(city_dir if city_dir is not None else out / "city")
     start = time.perf_counter()
     stages = Stages()
@@ -114,7 +115,7 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
     metrics["random"], errors["random"] = random_cell_metrics(Samples.from_city(city, "test", grid), grid, cfg.random_seed)
     results = {
         **metrics,
-        "config": {"file": str(config), **asdict(cfg), "runs": {k: asdict(load_run_config(p)) for k, p in runs.items()}},
+        "config": {"file": str(config), **asdict(cfg), "runs": {k: asdict(c) for k, c in run_cfgs.items()}},
         "city": str(city.root),
         "train_time_s": train_time,
         "budget": budget,
@@ -127,10 +128,10 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
     return BenchmarkResult(out, results, stages.report)
 
 
-def _equal_budget(runs: dict[str, Path]) -> str:
-    """The shared budget of the two runs, or a one-line error: a comparison on unequal budgets is no comparison."""
-    trains = {kind: load_run_config(path).train for kind, path in runs.items()}
-    z, r = trains["zoom"], trains["retrieval"]
+def _equal_budget(run_cfgs: dict[str, RunConfig], runs: dict[str, Path]) -> str:
+    """The shared budget of the two runs (configs read from ``runs``), or a one-line error: a comparison on
+    unequal budgets is no comparison."""
+    z, r = run_cfgs["zoom"].train, run_cfgs["retrieval"].train
     if (z.steps, z.batch_size) != (r.steps, r.batch_size):
         raise ConfigError(
             f"zoom and retrieval must train with the same budget: {runs['zoom'].name} has {z.steps} steps × batch "
