@@ -31,9 +31,9 @@ zoom the float32 views of levels 0..L-1 (plus the terminal crops when the policy
 retrieval its database of terminal cells projected to ``retrieval.dim``. ``RSS Δ MB`` is the
 measured growth of the process's resident memory (current, from /proc, not the monotonic
 peak) from before the cache is made to after the method's Localizer is built, before any query
-(zoom's first, then retrieval's, which adds its database): what the Localizer holds, which for
-both methods includes the whole cache as ``Localizer.load`` reads it. It is approximate: it
-counts whatever else the process allocated meanwhile.
+(zoom's first, then retrieval's, which adds its database): it includes the whole random cache
+this script makes for both (``Localizer.load`` reads only the tables a model uses). It is
+approximate: it counts whatever else the process allocated meanwhile.
 
 Threads: 2 (the target's 2 cores; ``--threads``). On a machine busy with other work, every
 parallel op of 2 threads waits for the descheduled one's next time slice, and a query takes
@@ -128,10 +128,9 @@ def n_views(grid: ZoomGrid) -> int:
 
 def map_mb(loc: Localizer) -> float:
     """What the method needs in memory for the map, from tensor shapes (see the docstring)."""
+    tensors = [t for t in (*loc.sat.levels, loc.sat.terminal) if t is not None]  # what the Localizer kept
     if loc.database is not None:
-        tensors = [loc.database.embeddings]
-    else:
-        tensors = list(loc.sat.levels) + ([loc.sat.terminal] if loc.model.policy.offset_head is not None else [])
+        tensors.append(loc.database.embeddings)
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,17 @@ def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_next_write_removes_temporaries_of_killed_writers_only(tmp_path):
+    """A writer killed outright leaves ``.NAME.PID.*.partial``; the next write of NAME deletes it
+    once PID is gone, and leaves those of running writers (here: this process) alone."""
+    target = tmp_path / "out[1].txt"  # a glob character in the name must not hide its temporaries
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".{target.name}.{int(gone.stdout)}.abcd.partial"
+    running = tmp_path / f".{target.name}.{os.getpid()}.efgh.partial"
+    other = tmp_path / f".other.txt.{int(gone.stdout)}.ijkl.partial"
+    for p in (stale, running, other):
+        p.write_text("half")
+    write_text(target, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, running.name, other.name])

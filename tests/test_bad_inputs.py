@@ -256,14 +256,14 @@ def _pickle_load(path: Path) -> object:
 def pickle_model_localize(f: Inputs) -> Refusal:
     model = f.tmp / "model.pt"
     marker = _payload(f.tmp, model, torch.save)
-    return Refusal(f.localize(f.photo(), model), (str(model), "not a zoomloc checkpoint"), marker)
+    return Refusal(f.localize(f.photo(), model), (str(model), "not a zoomloc checkpoint: a torch.save archive"), marker)
 
 
 def pickle_model_evaluate(f: Inputs) -> Refusal:
     model = f.tmp / "model.pkl"
     marker = _payload(f.tmp, model, _pickle_dump)
     argv = ["evaluate", f.city("streetview", "split.csv", "pyramid.h5"), "--model", model, "--out", f.tmp / "m.json", "--quiet"]
-    return Refusal(argv, (str(model), "not a zoomloc checkpoint"), marker)
+    return Refusal(argv, (str(model), "not a zoomloc checkpoint: a pickle,"), marker)
 
 
 def _resume_with_payload(save: Callable[[object, Path], None], f: Inputs) -> Refusal:

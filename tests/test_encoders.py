@@ -104,6 +104,16 @@ def test_random_init_other_timm_model():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "resnet18"])
+def test_feature_size_is_what_the_encoders_output(name):
+    """MobileNetV3 pools 288 channels and then widens them to 1024: the policy must get 1024."""
+    enc = build_encoder(EncoderConfig(name=name, weights="none", street_size=(32, 64), sat_size=32))
+    with torch.no_grad():
+        street = enc.encode_street(torch.randn(2, 3, 32, 64))
+        sat = enc.encode_sat(torch.randn(2, 3, 32, 32))
+    assert street.shape == sat.shape == (2, enc.num_features)
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_local_weights_round_trip(tmp_path, suffix):
     cfg = EncoderConfig(name="resnet18", weights="none")

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from zoomloc.atomic import write_text
 from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_train_state
 from zoomloc.cli import main
 from zoomloc.data import load_photo
@@ -101,6 +102,8 @@ def test_killed_build_pyramid_keeps_the_previous_pyramid(tiny_city, tmp_path, si
     with PyramidReader(city / "pyramid.h5") as pyr:
         assert pyr.grid.levels == 2
     _assert_temporaries_harmless(sig, city)
+    write_text(city / "pyramid.h5", "the next write of the file")
+    assert not list(city.glob("*.partial")) and not list(city.glob(".*.partial"))  # the killed writer's are gone
 
 
 # ----------------------------------------------------------------------------- train and --resume

@@ -149,6 +149,7 @@ def test_cached_database_equals_live_encoding_and_search_is_exact(retrieval_run,
     with torch.no_grad():
         live = model.embed_sat(model.encoders.encode_sat(torch.stack([tf.sat(torch.from_numpy(c).permute(2, 0, 1)) for c in crops])))
     torch.testing.assert_close(loc.database.embeddings, live, rtol=0, atol=1e-5)
+    assert loc.sat.terminal is None and all(t is None for t in loc.sat.levels)  # the database is all it keeps
 
     photos = sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:6]
     results = loc.localize(photos, beam=1, topk=4)  # beam does not limit a search

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import shapely
@@ -86,6 +87,23 @@ def test_cached_embeddings_give_the_same_answers_as_live_encoding(trained_run, t
         assert a.actions == b.actions
         assert [c.path for c in a.candidates] == [c.path for c in b.candidates]
         np.testing.assert_allclose([c.probability for c in a.candidates], [c.probability for c in b.candidates], rtol=1e-4)
+
+
+def test_localizer_holds_only_the_tables_its_model_reads(trained_run, tiny_city, tmp_path):
+    """The cache stores every table (any model may use it); a zoom model keeps the levels only, and
+    its index build time is the cache's, not a rebuild's."""
+    loc = Localizer.load(trained_run, tiny_city / "pyramid.h5", cache_dir=tmp_path, progress=False)
+    (cache,) = tmp_path.glob("sat_*.h5")
+    with h5py.File(cache) as f:
+        stored = sorted(f)
+        build_s = f.attrs["build_s"]
+    assert stored == ["level_0", "level_1", "terminal"]
+    assert all(t is not None for t in loc.sat.levels) and loc.sat.terminal is None
+    assert loc.index_build_s >= build_s > 0
+    again = Localizer.load(trained_run, tiny_city / "pyramid.h5", cache_dir=tmp_path, progress=False)
+    assert again.sat.terminal is None and again.index_build_s == pytest.approx(loc.index_build_s, abs=0.5)
+    with pytest.raises(ValueError, match="length 2 were not loaded"):
+        again.sat.of_paths(torch.zeros(1, 2, dtype=torch.int64))
 
 
 def test_localizer_results_are_consistent(trained_run, tiny_city):

@@ -8,6 +8,7 @@ interrupted run therefore leaves either the old file or none, never a truncated 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,12 +19,15 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
-    The temporary name starts with ``.`` and ends with ``.partial`` so that globs such as
-    ``*.h5`` or ``*.csv`` never pick it up. On any exception it is removed.
+    The temporary name (``.NAME.PID.XXXX.partial``) starts with ``.`` and ends with ``.partial``
+    so that globs such as ``*.h5`` or ``*.csv`` never pick it up. On any exception it is
+    removed; a writer killed outright (SIGKILL, power loss) cannot do that, so the next write of
+    the same file removes the temporary files of writers whose process is gone.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    _remove_stale(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -44,3 +48,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically replace ``path`` with ``text`` (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _remove_stale(final: Path) -> None:
+    """Delete ``final``'s temporary files whose writer (the PID in their name) no longer runs on this machine."""
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
+        pid = tmp.name[len(final.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -12,6 +12,9 @@ split, add a random-cell guess as the floor, and write
   paper's, and whether the project's targets are met;
 - ``error_cdf.png``: the three error distributions.
 
+Each model is evaluated in a process of its own (:func:`evaluate_alone`), so that its peak
+memory is its own.
+
 Runs live in ``OUT/zoom`` and ``OUT/retrieval``; a second call reuses whatever is finished, and
 an interrupted training resumes.
 """
@@ -19,9 +22,11 @@ an interrupted training resumes.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
 from zoomloc.data import Samples
 from zoomloc.errors import ConfigError
-from zoomloc.evaluate import evaluate_run, plot_error_cdf
+from zoomloc.evaluate import EvalReport, evaluate_run, plot_error_cdf
 from zoomloc.grid import ZoomGrid, geodesic_m
 from zoomloc.metrics import RECALL_AT_1_M, RECALL_AT_5_M, summarize_errors
 from zoomloc.pyramid import PyramidReader, PyramidSpec
@@ -105,7 +110,7 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
         stages.run(
             f"evaluate {kind}",
             metrics_path.is_file(),
-            lambda: evaluate_run(city.root, run, split="test", beam=beam, out=metrics_path, progress=progress),
+            lambda: evaluate_alone(city.root, run, split="test", beam=beam, out=metrics_path, progress=progress),
         )
         metrics[kind] = json.loads(metrics_path.read_text())
         errors[kind] = pd.read_csv(run / "test" / "errors.csv")["error_m"].to_numpy()
@@ -126,6 +131,24 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
     write_text(out / "report.md", report_markdown(results))
     plot_error_cdf(errors, out / "error_cdf.png")
     return BenchmarkResult(out, results, stages.report)
+
+
+def evaluate_alone(*args: Any, **kwargs: Any) -> EvalReport:
+    """:func:`evaluate_run` in a fresh process, so that its peak memory is this model's own.
+
+    A process's peak resident memory never goes down: measured in the benchmark's process, the
+    second model's figure would be the first one's (or training's) peak. A spawned process
+    starts clean (and, unlike a ``multiprocessing.Pool`` worker, may start data-loader workers);
+    it is terminated if the benchmark is interrupted.
+    """
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(evaluate_run, *args, **kwargs)
+        try:
+            return future.result()
+        except BaseException:
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
 
 
 def _equal_budget(run_cfgs: dict[str, RunConfig], runs: dict[str, Path]) -> str:

@@ -82,7 +82,27 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def _pickled(path: Path) -> str | None:
+    """What kind of pickle ``path`` holds (from its first bytes), or None: named so that the
+    refusal says what the file is rather than how safetensors failed to parse it."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    if head == b"PK\x03\x04":
+        return "a torch.save archive"
+    return "a pickle" if head[:1] == b"\x80" else None
+
+
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    pickled = _pickled(path)
+    if pickled is not None:
+        raise CheckpointError(
+            f"not a zoomloc checkpoint: {pickled}, which is never loaded (unpickling could run code); "
+            "use the .safetensors file of a run folder",
+            path,
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

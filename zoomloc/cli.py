@@ -77,8 +77,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
     pyramid = CityDir(args.city_dir).pyramid_path
     loc = Localizer.load(args.model, pyramid, cache_dir=args.out, progress=not args.quiet)
-    g = loc.sat.grid
-    print(f"embedded {sum(g.n_cells(lv) for lv in range(g.levels + 1))} views of {pyramid} ({loc.sat.dim} dims)")
+    g = loc.model.grid
+    print(f"embedded {sum(g.n_cells(lv) for lv in range(g.levels + 1))} views of {pyramid} ({loc.model.encoders.num_features} dims)")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

@@ -234,7 +234,10 @@ class ViewEncoders(nn.Module):
         self.cfg = cfg
         views = ("shared",) if cfg.shared else ("street", "sat")
         self.backbones = nn.ModuleDict({v: build_backbone(cfg, view=v) for v in views})
-        self.num_features: int = self.backbones[views[0]].num_features
+        # What a pooled backbone outputs: timm's ``head_hidden_size`` where a model has a layer
+        # after pooling (MobileNetV3: 576 channels pooled, 1024 out), else ``num_features``.
+        first = self.backbones[views[0]]
+        self.num_features: int = getattr(first, "head_hidden_size", None) or first.num_features
 
     def backbone(self, view: str) -> nn.Module:
         """The backbone encoding `view` ("street" or "sat"); the same object for both when shared."""

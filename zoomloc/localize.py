@@ -16,6 +16,7 @@ query is one street pass and one exact search; ``beam`` does not apply to it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,11 +62,16 @@ class Localizer:
     """A trained model (zoom or retrieval) bound to a city's pyramid and its cached view embeddings."""
 
     def __init__(self, model: Model, sat: SatEmbeddings, device: torch.device | str = "cpu"):
+        """``sat`` needs the tables the model reads (its ``sat_prefixes``); a retrieval model's
+        database is built from them here, after which only a zoom model keeps them."""
         self.model = model.to(device).eval()
-        self.sat = sat.to(device)
         self.device = torch.device(device)
         self.transforms = model.encoders.transforms()
-        self.database = model.database(self.sat) if isinstance(model, RetrievalModel) else None
+        start = time.perf_counter()
+        self.database = model.database(sat.to(device)) if isinstance(model, RetrievalModel) else None
+        self.sat = sat.only(() if self.database is not None else model.sat_prefixes).to(device)
+        # Embedding every view (whenever the cache was made) plus building the database.
+        self.index_build_s = sat.build_s + time.perf_counter() - start
 
     @classmethod
     def load(
@@ -81,7 +87,7 @@ class Localizer:
         model, _ = load_model(model_path, device)
         with PyramidReader(pyramid) as pyr:
             pyr.check_grid(model.grid)
-            sat = cached_embeddings(model.encoders, pyr, cache_dir, progress=progress)
+            sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.sat_prefixes, progress=progress)
         return cls(model, sat, device)
 
     @torch.no_grad()
