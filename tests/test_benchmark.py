@@ -23,6 +23,7 @@ def bench(tmp_path_factory) -> Path:
 
 def test_results_hold_both_models_the_floor_and_the_budget(bench):
     results = json.loads((bench / "results.json").read_text())
+    assert results["reused"] == []  # the first call ran every stage
     for name in ("zoom", "retrieval", "random"):
         m = results[name]
         assert m["model"] == name and m["split"] == "test" and m["n_queries"] > 0
@@ -60,6 +61,9 @@ def test_second_run_reuses_the_trained_models(bench, capsys):
     out = capsys.readouterr().out
     assert "train zoom: already there" in out and "evaluate retrieval: already there" in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(stamps) == 2
+    results = json.loads((bench / "results.json").read_text())
+    assert results["reused"] == ["city", "split", "pyramid", "train zoom", "evaluate zoom", "train retrieval", "evaluate retrieval"]
+    assert "reused from an earlier call: city, split, pyramid, train zoom" in (bench / "report.md").read_text()
 
 
 def test_unequal_budgets_are_refused(tmp_path, capsys):

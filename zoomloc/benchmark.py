@@ -125,7 +125,8 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
         "train_time_s": train_time,
         "budget": budget,
         "machine": machine(),
-        "wall_time_s": time.perf_counter() - start,
+        "wall_time_s": time.perf_counter() - start,  # this call's; stages in "reused" ran in earlier calls
+        "reused": stages.reused,
     }
     write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     write_text(out / "report.md", report_markdown(results))
@@ -236,7 +237,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         "## Machine",
         "",
         f"{m['platform']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), GPU: {m['cuda'] or 'none'}, "
-        f"Python {m['python']}, torch {m['torch']}; benchmark wall time {results['wall_time_s'] / 60:.1f} min.",
+        f"Python {m['python']}, torch {m['torch']}; this call's wall time {results['wall_time_s'] / 60:.1f} min"
+        + (f" (reused from an earlier call: {', '.join(results['reused'])})." if results.get("reused") else "."),
         "",
     ]
     return "\n".join(lines)

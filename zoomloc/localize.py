@@ -35,6 +35,7 @@ from zoomloc.pyramid import PyramidReader
 from zoomloc.retrieval import RetrievalModel
 
 BATCH = 32
+DECODE_CHUNK = 256  # queries decoded at once: a beam holds queries × beam sequences of activations
 
 
 def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -117,10 +118,12 @@ class Localizer:
 
         A zoom model's are the ``min(topk, beam)`` best paths of a beam search; a retrieval
         model's the ``topk`` most similar cells of an exact search (``beam`` does not apply).
+        Both go by chunks of queries, so memory does not grow with their number.
         """
         if self.database is not None:
             return self.database.search(street_emb, topk)
-        return decode(self.model, street_emb, self.sat, beam=beam, topk=min(topk, beam))
+        chunks = street_emb.split(DECODE_CHUNK)
+        return [r for chunk in chunks for r in decode(self.model, chunk, self.sat, beam=beam, topk=min(topk, beam))]
 
     @torch.no_grad()
     def localize_embeddings(

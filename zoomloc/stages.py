@@ -27,11 +27,13 @@ class Stages:
     def __init__(self) -> None:
         self.report: list[str] = []
         self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []  # stages whose output an earlier call left
 
     def run(self, name: str, done: bool, job: Callable[[], Any]) -> Any:
         """``job()`` unless ``done``; its result's ``describe()`` goes into the report."""
         if done:
             self.report.append(f"{name}: already there")
+            self.reused.append(name)
             return None
         start = time.perf_counter()
         result = job()
