@@ -14,6 +14,7 @@ orthophoto builds a pyramid whose views match independent reads (``test_pyramid_
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ from zoomloc.cli import main
 from zoomloc.data import load_photo
 from zoomloc.pyramid import PyramidReader
 
-from conftest import train_in_process  # tests/ is on sys.path under pytest
+from conftest import train_in_process, write_run_config  # tests/ is on sys.path under pytest
 
 TIMEOUT_S = 300
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGKILL, id="SIGKILL")]
@@ -146,6 +147,26 @@ def test_killed_training_resumes_to_the_same_model(short_run, tiny_city, tmp_pat
 
 
 # ----------------------------------------------------------------------------- determinism
+def test_sigterm_to_the_process_group_stops_training_and_its_loader_workers(tiny_city, tmp_path):
+    """As a terminal or a scheduler stops a job: every process of the group gets SIGTERM. Only the
+    one-line notice (no "DataLoader worker is killed" traceback), and no worker is left behind."""
+    run = tmp_path / "run"
+    config = write_run_config(tmp_path, steps=300, val_every=300, workers=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoomloc", "train", str(tiny_city), "--config", str(config), "--out", str(run), "--quiet"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (run / "metrics.jsonl").exists():  # logged after 10 steps: the workers are loading
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert (proc.returncode, err) == (128 + signal.SIGTERM, "zoomloc train: interrupted\n")
+    with pytest.raises(ProcessLookupError):  # the group is empty: the workers are gone too
+        os.killpg(proc.pid, 0)
+
+
 def test_evaluation_is_the_same_for_the_same_checkpoint(short_run, tiny_city, tmp_path):
     """Two evaluations of one checkpoint: the same metrics (all but timings) and the same per-query errors.
 

@@ -9,7 +9,9 @@ random crop), because a model trained on clean renders would fail on a phone's s
 from __future__ import annotations
 
 import io
+import os
 import random
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +144,19 @@ def load_photo(path: str | Path) -> Image.Image:
         raise InputError("no such photo", path) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"not a readable image ({str(exc).splitlines()[0]})", path) from None
+
+
+def quiet_on_sigterm(worker_id: int) -> None:
+    """A data loader's ``worker_init_fn``: on SIGTERM its workers leave at once and silently.
+
+    A terminal's or a scheduler's SIGTERM goes to the whole process group; the main process
+    unwinds (``zoomloc.cli``) and prints its one-line notice. A worker must neither die *of* the
+    signal (torch's SIGCHLD handler in the main process would then raise "DataLoader worker is
+    killed by signal" during the shutdown) nor keep running (its threads print tracebacks once the
+    main process stops talking to them); exiting with status 0, which torch does not report, does
+    neither.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 class StreetDataset(Dataset):

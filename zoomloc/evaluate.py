@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from zoomloc.atomic import atomic_path, write_text
 from zoomloc.citydir import CityDir
-from zoomloc.data import Samples, StreetDataset
+from zoomloc.data import Samples, StreetDataset, quiet_on_sigterm
 from zoomloc.embeddings import pyramid_identity
 from zoomloc.errors import InputError
 from zoomloc.grid import geodesic_m
@@ -125,7 +125,11 @@ def street_embeddings(loc: Localizer, samples: Samples, *, workers: int = 2, pro
     """Street embeddings ``[N, D]`` of every photo of ``samples`` (no augmentation)."""
     loc.model.eval()
     loader = torch.utils.data.DataLoader(
-        StreetDataset(samples, loc.transforms), batch_size=32, num_workers=workers, generator=torch.Generator()
+        StreetDataset(samples, loc.transforms),
+        batch_size=32,
+        num_workers=workers,
+        worker_init_fn=quiet_on_sigterm,
+        generator=torch.Generator(),
     )
     batches = tqdm(loader, desc="encode photos", unit="batch", disable=not progress, leave=False)
     return torch.cat([loc.model.encode_street(b["image"].to(loc.device)) for b in batches])

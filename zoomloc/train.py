@@ -40,7 +40,7 @@ from zoomloc.atomic import atomic_path, write_text
 from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
 from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
-from zoomloc.data import AugmentConfig, NeighbourOrder, Samples, StepBatches, StreetDataset
+from zoomloc.data import AugmentConfig, NeighbourOrder, Samples, StepBatches, StreetDataset, quiet_on_sigterm
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings, compute_embeddings
 from zoomloc.errors import InputError
 from zoomloc.evaluate import accuracy, street_embeddings
@@ -219,6 +219,7 @@ class _Trainer:
             dataset,
             **batching,
             num_workers=self.tc.workers,
+            worker_init_fn=quiet_on_sigterm,
             pin_memory=self.run.device.type == "cuda",
             # Its own generator: creating a loader then leaves the global RNG (dropout) untouched.
             generator=torch.Generator().manual_seed(self.tc.seed),
