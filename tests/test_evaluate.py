@@ -53,3 +53,26 @@ def test_bad_beam_is_a_user_error(trained_run, tiny_city, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--beam", "0", "--out", str(out)]) == 2
     assert "--beam" in capsys.readouterr().err and not out.exists()
+
+
+def _peak_in_child() -> float:
+    from zoomloc.evaluate import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def test_peak_memory_of_a_spawned_evaluation_is_its_own():
+    """The benchmark evaluates each model in a spawned process: its peak must not include the
+    parent's (getrusage's ru_maxrss would: it survives exec)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from zoomloc.evaluate import peak_rss_mb
+
+    big = np.ones(800 * 2**20 // 8)  # 800 MB held by the parent, then freed
+    big[::4096] = 2.0  # touched, so resident
+    del big
+    parent = peak_rss_mb()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        child = pool.submit(_peak_in_child).result()
+    assert 0 < child < parent - 600, (child, parent)  # without the parent's 800 MB
