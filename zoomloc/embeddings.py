@@ -99,19 +99,26 @@ class SatEmbeddings:
 
 
 @torch.no_grad()
-def compute_embeddings(encoders: ViewEncoders, pyramid: PyramidReader, *, progress: bool = True) -> SatEmbeddings:
-    """Encode every view of ``pyramid`` (levels 0..L-1 and the terminal context crops)."""
-    start = time.perf_counter()
+def compute_embeddings(
+    encoders: ViewEncoders, pyramid: PyramidReader, *, lengths: Sequence[int] | None = None, progress: bool = True
+) -> SatEmbeddings:
+    """Encode the views of ``pyramid``: every table (levels 0..L-1 and the terminal context crops),
+    or only those of paths of ``lengths`` (a training satellite encoder's, never cached)."""
+    began = time.perf_counter()
     grid = pyramid.grid
+    wanted = set(range(grid.levels + 1) if lengths is None else lengths)
     transforms = encoders.transforms()
     device = next(encoders.parameters()).device
     was_training = encoders.training
     encoders.eval()
-    total = sum(grid.n_cells(level) for level in range(grid.levels + 1))
+    total = sum(grid.n_cells(length) for length in wanted)
     bar = tqdm(total=total, desc="embed views", unit="view", disable=not progress, leave=False)
 
-    def encode(read, n: int) -> Tensor:
-        out = []
+    def encode(length: int) -> Tensor | None:
+        if length not in wanted:
+            return None
+        read = pyramid.context if length == grid.levels else lambda cells: pyramid.views(length, cells)
+        n, out = grid.n_cells(length), []
         for start in range(0, n, BATCH):
             views = torch.from_numpy(read(np.arange(start, min(start + BATCH, n)))).permute(0, 3, 1, 2)
             batch = torch.stack([transforms.sat(v) for v in views]).to(device)
@@ -120,12 +127,12 @@ def compute_embeddings(encoders: ViewEncoders, pyramid: PyramidReader, *, progre
         return torch.cat(out)
 
     try:
-        levels = [encode(lambda cells, lv=level: pyramid.views(lv, cells), grid.n_cells(level)) for level in range(grid.levels)]
-        terminal = encode(pyramid.context, grid.n_cells(grid.levels))
+        levels = [encode(level) for level in range(grid.levels)]
+        terminal = encode(grid.levels)
     finally:
         bar.close()
         encoders.train(was_training)
-    return SatEmbeddings(grid, levels, terminal, time.perf_counter() - start)
+    return SatEmbeddings(grid, levels, terminal, time.perf_counter() - began)
 
 
 def pyramid_identity(path: str | os.PathLike) -> str:

@@ -179,15 +179,16 @@ class _Trainer:
 
     # ------------------------------------------------------------------ setup
     def _sat_embeddings(self) -> SatEmbeddings:
-        """Every view's embedding under the current satellite weights (cached beside the pyramid when frozen)."""
-        encoders = self.model.encoders
+        """The embeddings of the views the model reads, under the current satellite weights (cached
+        beside the pyramid, with every table, when frozen)."""
+        encoders, lengths = self.model.encoders, self.model.sat_prefixes
         if not self.sat_frozen:
-            return compute_embeddings(encoders, self.pyramid, progress=self.progress).to(self.run.device)
+            return compute_embeddings(encoders, self.pyramid, lengths=lengths, progress=self.progress).to(self.run.device)
         if self.run.main:
-            emb = cached_embeddings(encoders, self.pyramid, progress=self.progress)
+            emb = cached_embeddings(encoders, self.pyramid, lengths=lengths, progress=self.progress)
         self.run.barrier()  # the other ranks read what the main one wrote
         if not self.run.main:
-            emb = cached_embeddings(encoders, self.pyramid, progress=False)
+            emb = cached_embeddings(encoders, self.pyramid, lengths=lengths, progress=False)
         return emb.to(self.run.device)
 
     def _param_groups(self) -> list[dict[str, Any]]:
