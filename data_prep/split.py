@@ -19,9 +19,10 @@ drawn once, so the result depends only on the seed.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import geopandas as gpd
@@ -36,6 +37,7 @@ from zoomloc.errors import InputError
 from zoomloc.grid import WGS84, utm_crs_for
 
 FRACTION_TOLERANCE = 1e-6
+CONFIG_MEMBER = "split_config"  # the SplitConfig that made split_areas.geojson, recorded in it
 DEAL_ROUNDS = 4  # re-deals with loss-corrected targets; the shares settle within two or three
 
 
@@ -115,8 +117,33 @@ def split_city(city_dir: str | os.PathLike, cfg: SplitConfig) -> SplitSummary:
     _check_every_split_kept(summary, cfg, len(meta), city.metadata_csv)
     with atomic_path(city.split_csv) as tmp:
         kept[["image_id", "split"]].to_csv(tmp, index=False)
-    write_text(city.split_areas, _areas(blocks, images, cfg.block_m).to_json(drop_id=True))
+    areas = json.loads(_areas(blocks, images, cfg.block_m).to_json(drop_id=True))
+    areas[CONFIG_MEMBER] = asdict(cfg)  # a GeoJSON foreign member: readers that do not know it skip it
+    write_text(city.split_areas, json.dumps(areas))
     return summary
+
+
+def config_mismatch(city_dir: str | os.PathLike, cfg: SplitConfig) -> str | None:
+    """How the city's existing split differs from what ``cfg`` would make, or None.
+
+    The settings are read back from split_areas.geojson; a split made before they were
+    recorded there cannot be checked and is taken as it is.
+    """
+    path = CityDir(city_dir).split_areas
+    try:
+        recorded = json.loads(path.read_text()).get(CONFIG_MEMBER)
+    except (OSError, ValueError):
+        return None
+    if recorded is None:
+        return None
+    have = SplitConfig(**{**recorded, "fractions": tuple(recorded["fractions"])})
+    if have == cfg:
+        return None
+    def show(value: float | tuple[float, ...]) -> str:
+        return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+    differing = [f.name for f in fields(SplitConfig) if getattr(have, f.name) != getattr(cfg, f.name)]
+    return ", ".join(f"{name} {show(getattr(have, name))} (the config's: {show(getattr(cfg, name))})" for name in differing)
 
 
 def _project(meta: pd.DataFrame) -> gpd.GeoDataFrame:

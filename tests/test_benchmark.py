@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO  # tests/ is on sys.path under pytest
+from data_prep.split import SplitConfig, split_city
+from zoomloc.benchmark import BenchmarkConfig
 from zoomloc.cli import main
+from zoomloc.config import load_yaml
 from zoomloc.metrics import RECALL_AT_1_M, RECALL_AT_5_M
+from zoomloc.pyramid import PyramidSpec, build_pyramid
 
 QUICK = REPO / "configs" / "bench_quick.yaml"
 
@@ -31,6 +35,9 @@ def test_results_hold_both_models_the_floor_and_the_budget(bench):
         assert set(m["recall_at_5"]) == {str(d) for d in RECALL_AT_5_M}
     assert len(results["zoom"]["step_accuracy"]) == 2 and "step_accuracy" not in results["retrieval"]
     assert results["zoom"]["n_queries"] == results["retrieval"]["n_queries"] == results["random"]["n_queries"]
+    seen = results["test_cells_with_training_photos"]
+    assert len(seen) == 2 and all(0 <= v <= 100 for v in seen)
+    assert seen[0] >= seen[1]  # a cell holding training photos lies in a parent that holds them
     assert set(results["train_time_s"]) == {"zoom", "retrieval"}
     runs = results["config"]["runs"]
     assert runs["zoom"]["train"]["steps"] == runs["retrieval"]["train"]["steps"]
@@ -51,6 +58,11 @@ def test_report_tables_every_figure_and_the_paper_margins(bench):
     assert fifty[:2] == [f"{z['recall_at_1']['50']:.1f}", f"{r['recall_at_1']['50']:.1f}"]
     assert fifty[3] == f"{z['recall_at_1']['50'] - r['recall_at_1']['50']:+.1f}" and fifty[4] == "+5.5"
     assert rows["R@1 within 100 m (%)"][4] == "+9.6"
+    levels = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in report.splitlines() if line.startswith("| ")}
+    assert len(levels["free-running: path right down to this level (%)"]) == 2
+    assert [float(v) for v in levels["test photos whose cell holds training photos (%)"]] == pytest.approx(
+        results["test_cells_with_training_photos"], abs=0.05
+    )
     for label in ("median error", "latency", "peak memory", "index build", "training time", "## Targets", "## Machine"):
         assert label in report
 
@@ -76,3 +88,46 @@ def test_unequal_budgets_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "same budget" in err and str(unequal) in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture()
+def borrowed_city(tiny_city, tmp_path) -> Path:
+    """A city folder with ``tiny_city``'s imagery and photos but no split or pyramid of its own."""
+    city = tmp_path / "city"
+    city.mkdir()
+    for name in ("satellite", "streetview"):
+        (city / name).symlink_to(tiny_city / name)
+    return city
+
+
+def test_a_split_made_with_other_settings_is_refused_not_reused(borrowed_city, tmp_path, capsys):
+    """``--city`` with a split of other blocks would benchmark a split the config does not state."""
+    split_city(borrowed_city, SplitConfig(block_m=20.0, buffer_m=0.0, fractions=(0.7, 0.15, 0.15)))
+    before = (borrowed_city / "split.csv").read_bytes()
+    assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(borrowed_city / "split.csv") in err and "block_m 20 (the config's: 10)" in err and "\n" not in err
+    assert (borrowed_city / "split.csv").read_bytes() == before and not (borrowed_city / "pyramid.h5").exists()
+
+
+def test_a_pyramid_built_with_other_settings_is_refused_not_reused(borrowed_city, tmp_path, capsys):
+    cfg = load_yaml(BenchmarkConfig, QUICK)
+    split_city(borrowed_city, cfg.split)  # the config's own split: reused
+    build_pyramid(borrowed_city, PyramidSpec(k=4, levels=2, side_m=300.0, terminal_m=None, px=16), progress=False)
+    stamp = (borrowed_city / "pyramid.h5").stat().st_mtime_ns
+    assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(borrowed_city / "pyramid.h5") in err and "16 px" in err and "the config's 32 px" in err and "\n" not in err
+    assert (borrowed_city / "pyramid.h5").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "out" / "zoom").exists()  # refused before any training
+
+
+def test_any_city_folder_is_benchmarked_with_city(borrowed_city, tmp_path):
+    """``--city``: the given folder is split and pyramided in place, and nothing is generated."""
+    out = tmp_path / "out"
+    assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["city"] == str(borrowed_city) and not (out / "city").exists()
+    cfg = load_yaml(BenchmarkConfig, QUICK)
+    assert json.loads((borrowed_city / "split_areas.geojson").read_text())["split_config"]["block_m"] == cfg.split.block_m
+    assert results["zoom"]["n_queries"] == results["random"]["n_queries"] > 0

@@ -8,8 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from zoomloc.citydir import CityDir
 from zoomloc.cli import main
+from zoomloc.data import Samples
+from zoomloc.evaluate import accuracy, street_embeddings, teacher_forced
 from zoomloc.grid import geodesic_m
+from zoomloc.localize import Localizer
 from zoomloc.metrics import RECALL_AT_1_M
 
 
@@ -29,11 +33,32 @@ def test_metrics_schema(evaluated, tiny_city):
     assert list(m["recall_at_5"]) == ["50", "100"]
     assert len(m["step_accuracy"]) == 2  # the tiny city's grid has 2 levels
     assert m["step_accuracy"][0] >= m["step_accuracy"][1]  # a path right at level 2 is right at level 1
+    tf = m["teacher_forced"]
+    assert len(tf["step_accuracy"]) == len(tf["true_child_rank"]) == 2
+    assert all(0 <= r <= 15 for r in tf["true_child_rank"])  # k = 4: ranks 0..15
     for d in ("50", "100"):
         assert m["recall_at_5"][d] >= m["recall_at_1"][d]
     assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p95"]
     assert m["peak_rss_mb"] > 0 and m["index_build_s"] > 0
     assert (evaluated.parent / "error_cdf.png").stat().st_size > 0
+
+
+def test_teacher_forced_steps_agree_with_greedy_decoding(trained_run, tiny_city, tmp_path):
+    """The one-pass teacher-forced policy and the cached step-by-step decode are the same function.
+
+    The first step starts from the region either way, so both accuracies must match; a greedy
+    path right to level 2 had the true parent at level 2, so free-running can never beat
+    teacher forcing there. The checks run per query, on the evaluated split.
+    """
+    city = CityDir(tiny_city)
+    loc = Localizer.load(trained_run, city.pyramid_path, cache_dir=tmp_path, progress=False)
+    samples = Samples.from_city(city, "test", loc.model.grid)
+    street = street_embeddings(loc, samples, workers=0)
+    _, m = accuracy(loc, street, samples, beam=1)
+    tf = teacher_forced(loc, street, samples)
+    assert m["teacher_forced"] == tf
+    assert tf["step_accuracy"][0] == pytest.approx(m["step_accuracy"][0])
+    assert m["step_accuracy"][1] <= tf["step_accuracy"][1] + 1e-9
 
 
 def test_recall_and_errors_agree_with_the_per_query_table(evaluated, tiny_city):

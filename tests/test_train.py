@@ -63,6 +63,21 @@ def test_checkpoint_reloads_to_identical_outputs(tiny_city, tmp_path):
         torch.testing.assert_close(model(images, paths, sats)[0], again(images, paths, sats)[0], rtol=0, atol=0)
 
 
+def test_every_checkpoint_loads_whatever_its_header_length(tiny_city, tmp_path):
+    """A safetensors file starts with its header's length: one in 256 starts with byte 0x80, a
+    pickle's first byte, and such a checkpoint was once refused as a pickle."""
+    with PyramidReader(tiny_city / "pyramid.h5") as pyr:
+        grid = pyr.grid
+    model = ZoomModel(load_run_config(write_run_config(tmp_path)).model, grid).eval()
+    path = tmp_path / "m.safetensors"
+    for note in range(0, 256, 8):  # headers are padded to 8 bytes: 32 lengths cover every first byte
+        save_checkpoint(path, model, {"note": "x" * note})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert load_model(path)[1] == {"note": "x" * note}
+
+
 def test_cached_embeddings_give_the_same_answers_as_live_encoding(trained_run, tiny_city):
     loc = Localizer.load(trained_run, tiny_city / "pyramid.h5", progress=False)
     photos = sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:12]

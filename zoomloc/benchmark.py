@@ -117,9 +117,11 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
 
     with PyramidReader(city.pyramid_path) as pyr:
         grid = pyr.grid
-    metrics["random"], errors["random"] = random_cell_metrics(Samples.from_city(city, "test", grid), grid, cfg.random_seed)
+    test = Samples.from_city(city, "test", grid)
+    metrics["random"], errors["random"] = random_cell_metrics(test, grid, cfg.random_seed)
     results = {
         **metrics,
+        "test_cells_with_training_photos": cells_with_training_photos(Samples.from_city(city, "train", grid), test, grid),
         "config": {"file": str(config), **asdict(cfg), "runs": {k: asdict(c) for k, c in run_cfgs.items()}},
         "city": str(city.root),
         "train_time_s": train_time,
@@ -174,6 +176,20 @@ def random_cell_metrics(samples: Samples, grid: ZoomGrid, seed: int) -> tuple[di
     return {"model": "random", "split": "test", **summarize_errors(errors[:, 0], errors)}, errors[:, 0]
 
 
+def cells_with_training_photos(train: Samples, test: Samples, grid: ZoomGrid) -> list[float]:
+    """Per level, the share (%) of test photos whose cell at that level holds a training photo.
+
+    Where it is low, no model can have learned by heart which cell a photo belongs to: a step
+    into such cells is right only if the model matches the photo with the map. An area split
+    makes it fall to 0 below the size of its blocks.
+    """
+    shares = []
+    for level in range(1, grid.levels + 1):
+        seen = np.unique(grid.cell_of_path(train.paths[:, :level]))
+        shares.append(float(100 * np.isin(grid.cell_of_path(test.paths[:, :level]), seen).mean()))
+    return shares
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {
@@ -185,6 +201,28 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def _levels_table(z: dict[str, Any], seen: list[float] | None) -> list[str]:
+    """The zoom's steps level by level: free-running, from the true parent, and what the split leaves to memory."""
+    levels = len(z["step_accuracy"])
+    rows = [("free-running: path right down to this level (%)", [f"{a:.1f}" for a in z["step_accuracy"]])]
+    if "teacher_forced" in z:
+        tf = z["teacher_forced"]
+        rows += [
+            ("from the true parent: right child (%)", [f"{a:.1f}" for a in tf["step_accuracy"]]),
+            ("from the true parent: true child's mean rank", [f"{r:.1f}" for r in tf["true_child_rank"]]),
+        ]
+    if seen is not None:
+        rows.append(("test photos whose cell holds training photos (%)", [f"{v:.1f}" for v in seen]))
+    return [
+        "Zoom, level by level (a guess picks the right child 1 time in k² and ranks it (k² − 1) / 2 on average):",
+        "",
+        "| level | " + " | ".join(str(level + 1) for level in range(levels)) + " |",
+        "|---|" + "---|" * levels,
+        *[f"| {label} | " + " | ".join(values) + " |" for label, values in rows],
+        "",
+    ]
 
 
 def report_markdown(results: dict[str, Any]) -> str:
@@ -219,8 +257,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         measured("index build (s)", "{:.1f}", lambda m: m["index_build_s"]),
         row("training time (min)", [f"{t[k] / 60:.1f}" if k in t else "?" for k in KINDS] + ["–"]),
         "",
-        "Zoom's free-running accuracy per level: " + ", ".join(f"{a:.1f}%" for a in z.get("step_accuracy", [])),
-        "",
+        *_levels_table(z, results.get("test_cells_with_training_photos")),
         "## Targets",
         "",
     ]

@@ -84,7 +84,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def _pickled(path: Path) -> str | None:
     """What kind of pickle ``path`` holds (from its first bytes), or None: named so that the
-    refusal says what the file is rather than how safetensors failed to parse it."""
+    refusal says what the file is rather than how safetensors failed to parse it.
+
+    Only asked of a file safetensors could not read: a safetensors file starts with its header's
+    length, whose first byte is 0x80 (a pickle's first byte) for one header size in 256.
+    """
     try:
         with path.open("rb") as fh:
             head = fh.read(4)
@@ -96,13 +100,6 @@ def _pickled(path: Path) -> str | None:
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    pickled = _pickled(path)
-    if pickled is not None:
-        raise CheckpointError(
-            f"not a zoomloc checkpoint: {pickled}, which is never loaded (unpickling could run code); "
-            "use the .safetensors file of a run folder",
-            path,
-        )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -113,6 +110,13 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
                 )
             return metadata, {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
+        pickled = _pickled(path)
+        if pickled is not None:
+            raise CheckpointError(
+                f"not a zoomloc checkpoint: {pickled}, which is never loaded (unpickling could run code); "
+                "use the .safetensors file of a run folder",
+                path,
+            ) from None
         raise CheckpointError(f"not a zoomloc checkpoint (safetensors: {str(exc).splitlines()[0]})", path) from None
 
 

@@ -9,6 +9,7 @@ schema below), ``errors.csv`` (one row per query) and ``error_cdf.png`` beside i
      "recall_at_1": {"25": %, "40": %, "50": %, "100": %}, "recall_at_5": {"50": %, "100": %},
      "median_error_m": m, "mean_error_m": m,
      "step_accuracy": [%, ...],         # zoom only: free-running, per level
+     "teacher_forced": {"step_accuracy": [%, ...], "true_child_rank": [r, ...]},  # zoom only
      "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
      "index_build_s": s}      # embedding every pyramid view (as timed when the view cache was made;
                               # retrieval: plus building its database)
@@ -41,7 +42,7 @@ from zoomloc.embeddings import pyramid_identity
 from zoomloc.errors import InputError
 from zoomloc.grid import geodesic_m
 from zoomloc.localization import Localization
-from zoomloc.localize import Localizer
+from zoomloc.localize import DECODE_CHUNK, Localizer
 from zoomloc.metrics import RECALL_AT_1_M, summarize_errors
 
 LATENCY_QUERIES = 100  # single queries timed (after a few warm-ups); accuracy uses all
@@ -66,6 +67,12 @@ class EvalReport:
         ]
         if "step_accuracy" in m:
             lines.append(f"  steps     free-running accuracy per level: {', '.join(f'{a:.1f}%' for a in m['step_accuracy'])}")
+            tf = m["teacher_forced"]
+            ranks = ", ".join(f"{r:.1f}" for r in tf["true_child_rank"])
+            lines.append(
+                f"            from the true parent: {', '.join(f'{a:.1f}%' for a in tf['step_accuracy'])} "
+                f"(true child's mean rank {ranks})"
+            )
         return "\n".join(
             [
                 *lines,
@@ -154,7 +161,35 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     if loc.model.cfg.kind == "zoom":
         paths = np.array([r.actions for r in best])
         metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
+        metrics["teacher_forced"] = teacher_forced(loc, street, samples)
     return best, metrics
+
+
+@torch.no_grad()
+def teacher_forced(loc: Localizer, street: torch.Tensor, samples: Samples) -> dict[str, list[float]]:
+    """Each zoom step judged on its own: the policy given the true cells so far.
+
+    Free-running accuracy stops at the first wrong step, so it cannot tell a later step that
+    would choose well from one that cannot. Here every step starts from the true parent:
+    ``step_accuracy`` is the share choosing the true child, ``true_child_rank`` the true
+    child's mean rank among the k² (0 = first; a guess averages (k² - 1) / 2, and more than
+    that means the policy steers away from the truth, as it does from cells that held no
+    training photo).
+    """
+    model = loc.model
+    paths = torch.as_tensor(samples.paths, device=loc.device)
+    logits = torch.cat(
+        [
+            model.policy(chunk_street, loc.sat.of_prefixes(chunk_paths, range(model.grid.levels)), chunk_paths)
+            for chunk_street, chunk_paths in zip(street.split(DECODE_CHUNK), paths.split(DECODE_CHUNK))
+        ]
+    )
+    true = logits.gather(-1, paths[..., None])
+    rank = (logits > true).sum(-1).float()
+    return {
+        "step_accuracy": [float(v) for v in 100 * (rank == 0).float().mean(0)],
+        "true_child_rank": [float(v) for v in rank.mean(0)],
+    }
 
 
 def _latency_ms(loc: Localizer, samples: Samples, beam: int) -> dict[str, float]:

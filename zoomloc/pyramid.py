@@ -99,6 +99,26 @@ class PyramidSpec:
         return grid
 
 
+def spec_mismatch(path: str | os.PathLike, spec: PyramidSpec, city_dir: str | os.PathLike) -> str | None:
+    """How the existing pyramid ``path`` differs from what ``spec`` builds from ``city_dir``'s imagery, or None.
+
+    A pipeline that finds a pyramid reuses it; one built with other settings would silently
+    give a benchmark another grid than its config states.
+    """
+    city = CityDir(city_dir)
+    wanted = spec.grid_for([open_source(p) for p in city.satellite_files()], city.satellite_dir)
+    with PyramidReader(path) as pyr:
+        have, px, context = pyr.grid, pyr.px, pyr.context_factor
+    if not have.same_region(wanted, tol_m=0.01):
+        return (
+            f"its grid is {have.k}x{have.k} over {have.levels} levels of a {have.side_m:.0f} m region, "
+            f"the config's {wanted.k}x{wanted.k} over {wanted.levels} levels of {wanted.side_m:.0f} m"
+        )
+    if px != spec.px or context != spec.context_factor:
+        return f"its views are {px} px with context factor {context:g}, the config's {spec.px} px with {spec.context_factor:g}"
+    return None
+
+
 @dataclass(frozen=True)
 class PyramidSummary:
     """What :func:`build_pyramid` did, for the CLI to print."""

@@ -13,12 +13,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from data_prep.split import SplitConfig, split_city
+from data_prep.split import SplitConfig, config_mismatch, split_city
 from data_prep.synth import SynthCityConfig, synth_city
 from zoomloc.checkpoint import TRAIN_STATE
 from zoomloc.citydir import CityDir
-from zoomloc.pyramid import PyramidSpec, build_pyramid
+from zoomloc.errors import InputError
+from zoomloc.pyramid import PyramidSpec, build_pyramid, spec_mismatch
 from zoomloc.train import CURVE, TrainSummary, load_run_config, train
+
+
+def _reusable(path: Path, mismatch: Callable[[], str | None]) -> bool:
+    """Whether ``path`` exists and was made with this pipeline's settings; refused if made with others.
+
+    Redoing it would replace a file the user made (and anything trained on it would no longer
+    match), so the user decides: the error names the file and how it differs.
+    """
+    if not path.is_file():
+        return False
+    why = mismatch()
+    if why is not None:
+        raise InputError(f"was made with other settings than this config's ({why}); remove it to redo it, or use its settings", path)
+    return True
 
 
 class Stages:
@@ -49,8 +64,12 @@ class Stages:
                 city.metadata_csv.is_file(),
                 lambda: synth_city(city.root, SynthCityConfig.from_yaml(synth_config), progress=progress),
             )
-        self.run("split", city.split_csv.is_file(), lambda: split_city(city.root, split))
-        self.run("pyramid", city.pyramid_path.is_file(), lambda: build_pyramid(city.root, pyramid, progress=progress))
+        self.run("split", _reusable(city.split_csv, lambda: config_mismatch(city.root, split)), lambda: split_city(city.root, split))
+        self.run(
+            "pyramid",
+            _reusable(city.pyramid_path, lambda: spec_mismatch(city.pyramid_path, pyramid, city.root)),
+            lambda: build_pyramid(city.root, pyramid, progress=progress),
+        )
 
     def model(self, name: str, city: CityDir, run_config: Path, out: Path, progress: bool) -> TrainSummary | None:
         """Train ``out`` from ``run_config`` unless a finished run is there; an interrupted one resumes."""
