@@ -122,7 +122,7 @@ def test_a_pyramid_built_with_other_settings_is_refused_not_reused(borrowed_city
     assert not (tmp_path / "out" / "zoom").exists()  # refused before any training
 
 
-def test_any_city_folder_is_benchmarked_with_city(borrowed_city, tmp_path):
+def test_any_city_folder_is_benchmarked_with_city(borrowed_city, tmp_path, capsys):
     """``--city``: the given folder is split and pyramided in place, and nothing is generated."""
     out = tmp_path / "out"
     assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 0
@@ -131,3 +131,12 @@ def test_any_city_folder_is_benchmarked_with_city(borrowed_city, tmp_path):
     cfg = load_yaml(BenchmarkConfig, QUICK)
     assert json.loads((borrowed_city / "split_areas.geojson").read_text())["split_config"]["block_m"] == cfg.split.block_m
     assert results["zoom"]["n_queries"] == results["random"]["n_queries"] > 0
+
+    # Split anew (another seed, the config changed to match): the trained runs may have trained on
+    # photos that are test photos now, so they are refused rather than reused.
+    (borrowed_city / "split.csv").unlink()
+    reseeded = tmp_path / "bench.yaml"
+    reseeded.write_text(QUICK.read_text().replace("seed: 0}", "seed: 1}").replace("quick/", f"{REPO / 'configs' / 'quick'}/"))
+    assert main(["benchmark", "--config", str(reseeded), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(out / "zoom") in err and "another split" in err and "\n" not in err

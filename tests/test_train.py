@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import shapely
 import torch
 
+from data_prep.split import SplitConfig, split_city
 from zoomloc.checkpoint import load_model, save_checkpoint
 from zoomloc.cli import main
 from zoomloc.localize import Localizer
@@ -155,6 +157,23 @@ def test_train_refuses_to_overwrite_a_run(trained_run, tiny_city, tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert str(trained_run) in err and "--resume" in err and "\n" not in err
+
+
+def test_resume_on_another_split_is_refused(trained_run, tiny_city, tmp_path, capsys):
+    """Resuming after the city was split anew would train on what may now be test photos."""
+    city = tmp_path / "city"
+    city.mkdir()
+    for name in ("satellite", "streetview", "pyramid.h5"):
+        (city / name).symlink_to(tiny_city / name)
+    split_city(city, SplitConfig(block_m=8.0, buffer_m=0.0, fractions=(0.75, 0.15, 0.10), seed=1))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["train", str(city), "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(run) in err and "another split" in err and "\n" not in err
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) == json.loads(
+        (trained_run / "metrics.jsonl").read_text().splitlines()[-1]
+    )
 
 
 def test_run_config_keys_are_checked(tmp_path):

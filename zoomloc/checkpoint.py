@@ -69,6 +69,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), info
 
 
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``info`` a checkpoint (or a run folder's best one) was saved with, without its weights."""
+    path = resolve_checkpoint(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("info", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a zoomloc checkpoint (safetensors: {str(exc).splitlines()[0]})", path) from None
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or the best checkpoint of a run folder."""
     path = Path(path)

@@ -17,6 +17,7 @@ command reports a bad row the same way: ``metadata.csv: line 7: lat 95.0 is out 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,15 @@ class CityDir:
             i = int(np.flatnonzero(bad)[0])
             raise InputError(f"line {i + 2}: split {df['split'].iloc[i]!r} is not one of {', '.join(SPLITS)}", path)
         return df
+
+    def split_fingerprint(self) -> str:
+        """A digest of split.csv: a model records the split it was trained on, so that a run
+        trained before the city was split anew is not taken for one of the new split (whose
+        test photos it may have trained on)."""
+        try:
+            return hashlib.sha256(self.split_csv.read_bytes()).hexdigest()[:16]
+        except OSError as exc:
+            raise InputError(f"cannot read the split ({exc.strerror}); run 'zoomloc split' first", self.split_csv) from None
 
 
 def read_metadata_csv(path: Path) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from typing import Any
 
 from data_prep.split import SplitConfig, config_mismatch, split_city
 from data_prep.synth import SynthCityConfig, synth_city
-from zoomloc.checkpoint import TRAIN_STATE
+from zoomloc.checkpoint import TRAIN_STATE, read_info
 from zoomloc.citydir import CityDir
 from zoomloc.errors import InputError
 from zoomloc.pyramid import PyramidSpec, build_pyramid, spec_mismatch
@@ -72,9 +72,16 @@ class Stages:
         )
 
     def model(self, name: str, city: CityDir, run_config: Path, out: Path, progress: bool) -> TrainSummary | None:
-        """Train ``out`` from ``run_config`` unless a finished run is there; an interrupted one resumes."""
+        """Train ``out`` from ``run_config`` unless a finished run is there; an interrupted one resumes.
+
+        A finished run trained on another split of the city is refused: its training photos
+        may be test photos now.
+        """
+        finished = (out / CURVE).is_file()  # drawn when a run finishes
+        if finished and read_info(out).get("split", city.split_fingerprint()) != city.split_fingerprint():
+            raise InputError(f"was trained on another split of {city.root} (split.csv changed since); remove it to retrain", out)
         return self.run(
             name,
-            (out / CURVE).is_file(),  # drawn when a run finishes
+            finished,
             lambda: train(city.root, load_run_config(run_config), out, resume=(out / TRAIN_STATE).is_file(), progress=progress),
         )
