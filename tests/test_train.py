@@ -159,8 +159,8 @@ def test_train_refuses_to_overwrite_a_run(trained_run, tiny_city, tmp_path, caps
     assert str(trained_run) in err and "--resume" in err and "\n" not in err
 
 
-def test_resume_on_another_split_is_refused(trained_run, tiny_city, tmp_path, capsys):
-    """Resuming after the city was split anew would train on what may now be test photos."""
+def test_another_split_of_the_same_photos_refuses_resume_and_warns_evaluation(trained_run, tiny_city, tmp_path, capsys):
+    """After the city is split anew, test photos may be ones the model trained on."""
     city = tmp_path / "city"
     city.mkdir()
     for name in ("satellite", "streetview", "pyramid.h5"):
@@ -174,6 +174,10 @@ def test_resume_on_another_split_is_refused(trained_run, tiny_city, tmp_path, ca
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) == json.loads(
         (trained_run / "metrics.jsonl").read_text().splitlines()[-1]
     )
+    for where, warned in ((city, True), (tiny_city, False)):
+        assert main(["evaluate", str(where), "--model", str(run), "--out", str(tmp_path / "m.json"), "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert ("warning: the model was trained on another split of these photos" in out) is warned, out
 
 
 def test_run_config_keys_are_checked(tmp_path):

@@ -111,14 +111,23 @@ class CityDir:
             raise InputError(f"line {i + 2}: split {df['split'].iloc[i]!r} is not one of {', '.join(SPLITS)}", path)
         return df
 
-    def split_fingerprint(self) -> str:
-        """A digest of split.csv: a model records the split it was trained on, so that a run
-        trained before the city was split anew is not taken for one of the new split (whose
-        test photos it may have trained on)."""
-        try:
-            return hashlib.sha256(self.split_csv.read_bytes()).hexdigest()[:16]
-        except OSError as exc:
-            raise InputError(f"cannot read the split ({exc.strerror}); run 'zoomloc split' first", self.split_csv) from None
+    def provenance(self) -> dict[str, str]:
+        """Digests of the photo list and of the split, which a trained model records.
+
+        They tell a run trained on other photos, or before the city was split anew, from one of
+        this split: its training photos may be this split's test photos.
+        """
+        return {
+            "photos": _digest(self.metadata_csv, "the photo list", "import or generate the photos first"),
+            "split": _digest(self.split_csv, "the split", "run 'zoomloc split' first"),
+        }
+
+
+def _digest(path: Path, what: str, remedy: str) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise InputError(f"cannot read {what} ({exc.strerror}); {remedy}", path) from None
 
 
 def read_metadata_csv(path: Path) -> pd.DataFrame:

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from zoomloc.atomic import atomic_path, write_text
+from zoomloc.checkpoint import read_info
 from zoomloc.citydir import CityDir
 from zoomloc.data import Samples, StreetDataset, quiet_on_sigterm
 from zoomloc.embeddings import pyramid_identity
@@ -53,6 +54,7 @@ WARMUP = 3
 class EvalReport:
     metrics: dict[str, Any]
     metrics_path: Path
+    warning: str | None = None  # why these figures may flatter the model (see :func:`split_warning`)
 
     def describe(self) -> str:
         m = self.metrics
@@ -75,6 +77,7 @@ class EvalReport:
             )
         return "\n".join(
             [
+                *([f"warning: {self.warning}"] if self.warning else []),
                 *lines,
                 f"  latency   p50 {m['latency_ms']['p50']:.1f} ms, p95 {m['latency_ms']['p95']:.1f} ms per query; "
                 f"peak memory {m['peak_rss_mb']:.0f} MB; index built in {m['index_build_s']:.1f} s",
@@ -109,6 +112,7 @@ def evaluate_run(
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["index_build_s"] = loc.index_build_s
     metrics["pyramid"] = pyramid_identity(city.pyramid_path)
+    warning = split_warning(read_info(model), city, split)
 
     table = pd.DataFrame(
         {
@@ -124,7 +128,19 @@ def evaluate_run(
         table.to_csv(tmp, index=False)
     plot_error_cdf({metrics["model"]: errors}, out.parent / "error_cdf.png")
     write_text(out, json.dumps(metrics, indent=2) + "\n")
-    return EvalReport(metrics, out)
+    return EvalReport(metrics, out, warning)
+
+
+def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None:
+    """A warning when the model trained on these very photos under another split of them.
+
+    Its training photos may then be among the evaluated ones; the benchmark and the demo refuse
+    such a run, a user evaluating by hand is told.
+    """
+    current = city.provenance()
+    if info.get("photos") != current["photos"] or info.get("split") in (None, current["split"]):
+        return None
+    return f"the model was trained on another split of these photos ({city.split_csv} changed since): some {split} photos may be training photos"
 
 
 @torch.no_grad()

@@ -74,12 +74,16 @@ class Stages:
     def model(self, name: str, city: CityDir, run_config: Path, out: Path, progress: bool) -> TrainSummary | None:
         """Train ``out`` from ``run_config`` unless a finished run is there; an interrupted one resumes.
 
-        A finished run trained on another split of the city is refused: its training photos
-        may be test photos now.
+        A finished run trained on other photos, or on another split of these, is refused: its
+        training photos may be test photos now.
         """
         finished = (out / CURVE).is_file()  # drawn when a run finishes
-        if finished and read_info(out).get("split", city.split_fingerprint()) != city.split_fingerprint():
-            raise InputError(f"was trained on another split of {city.root} (split.csv changed since); remove it to retrain", out)
+        if finished:
+            recorded, current = read_info(out), city.provenance()
+            changed = [k for k in ("photos", "split") if recorded.get(k, current[k]) != current[k]]
+            if changed:
+                what = "other photos than" if "photos" in changed else "another split of"
+                raise InputError(f"was trained on {what} {city.root}; remove it to retrain", out)
         return self.run(
             name,
             finished,

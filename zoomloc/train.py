@@ -152,8 +152,8 @@ class _Trainer:
             raise InputError("holds a training run already; use --resume to continue it or another --out", out)
         self.cfg, self.tc, self.out, self.run, self.progress = cfg, cfg.train, out, run, progress and run.main
         self.city = city
-        self.split = city.split_fingerprint()
-        if resume and state.get("split", self.split) != self.split:
+        self.provenance = city.provenance()
+        if resume and state.get("split", self.provenance["split"]) != self.provenance["split"]:
             raise InputError(
                 f"was trained on another split of {city.root} (split.csv changed since it started); start a new run", out
             )
@@ -323,13 +323,13 @@ class _Trainer:
             score = (metrics["recall_at_1"]["50"], -metrics["median_error_m"])
             if not self.best or score > (self.best["recall_at_1"]["50"], -self.best["median_error_m"]):
                 self.best = metrics
-                save_checkpoint(self.out / BEST, self.model, {"step": self.step, "split": self.split, "val": metrics})
-            save_checkpoint(self.out / LAST, self.model, {"step": self.step, "split": self.split})
+                save_checkpoint(self.out / BEST, self.model, {"step": self.step, **self.provenance, "val": metrics})
+            save_checkpoint(self.out / LAST, self.model, {"step": self.step, **self.provenance})
             save_train_state(
                 self.out / TRAIN_STATE,
                 {
                     "step": self.step,
-                    "split": self.split,
+                    "split": self.provenance["split"],
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
