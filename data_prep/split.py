@@ -139,6 +139,7 @@ def config_mismatch(city_dir: str | os.PathLike, cfg: SplitConfig) -> str | None
     have = SplitConfig(**{**recorded, "fractions": tuple(recorded["fractions"])})
     if have == cfg:
         return None
+
     def show(value: float | tuple[float, ...]) -> str:
         return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 

@@ -72,11 +72,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
     """The ``info`` a checkpoint (or a run folder's best one) was saved with, without its weights."""
     path = resolve_checkpoint(path)
+    metadata, _ = _read(path, tensors=False)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("info", "{}"))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"not a zoomloc checkpoint (safetensors: {str(exc).splitlines()[0]})", path) from None
+        return json.loads(metadata.get("info", "{}"))
+    except ValueError as exc:
+        raise CheckpointError(f"broken metadata ({exc})", path) from None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -109,7 +109,8 @@ def _pickled(path: Path) -> str | None:
     return "a pickle" if head[:1] == b"\x80" else None
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _read(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata of a checkpoint of this format version, and its tensors (none if not ``tensors``)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -118,7 +119,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
                 raise CheckpointError(
                     f"checkpoint format version {version or 'missing'}, this zoomloc reads version {FORMAT_VERSION}", path
                 )
-            return metadata, {k: f.get_tensor(k) for k in f.keys()}
+            return metadata, {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as exc:
         pickled = _pickled(path)
         if pickled is not None:

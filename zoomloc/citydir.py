@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,6 +123,20 @@ class CityDir:
             "photos": _digest(self.metadata_csv, "the photo list", "import or generate the photos first"),
             "split": _digest(self.split_csv, "the split", "run 'zoomloc split' first"),
         }
+
+    def changed_since(self, recorded: Mapping[str, Any]) -> tuple[str, ...]:
+        """Which of the :meth:`provenance` digests (``photos``, ``split``) differ from ``recorded``
+        (a model's); one it did not record (an older model) cannot be checked and counts as the same."""
+        current = self.provenance()
+        return tuple(k for k in current if recorded.get(k, current[k]) != current[k])
+
+    def trained_elsewhere(self, recorded: Mapping[str, Any]) -> str | None:
+        """Why a model that recorded ``recorded`` may have trained on this city's test photos, or None."""
+        changed = self.changed_since(recorded)
+        if not changed:
+            return None
+        what, file = ("other photos than", self.metadata_csv) if "photos" in changed else ("another split of", self.split_csv)
+        return f"was trained on {what} {self.root} ({file.name} changed since)"
 
 
 def _digest(path: Path, what: str, remedy: str) -> str:

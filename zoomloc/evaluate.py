@@ -137,8 +137,7 @@ def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None
     Its training photos may then be among the evaluated ones; the benchmark and the demo refuse
     such a run, a user evaluating by hand is told.
     """
-    current = city.provenance()
-    if info.get("photos") != current["photos"] or info.get("split") in (None, current["split"]):
+    if "photos" not in info or city.changed_since(info) != ("split",):
         return None
     return f"the model was trained on another split of these photos ({city.split_csv} changed since): some {split} photos may be training photos"
 

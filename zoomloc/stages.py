@@ -78,12 +78,9 @@ class Stages:
         training photos may be test photos now.
         """
         finished = (out / CURVE).is_file()  # drawn when a run finishes
-        if finished:
-            recorded, current = read_info(out), city.provenance()
-            changed = [k for k in ("photos", "split") if recorded.get(k, current[k]) != current[k]]
-            if changed:
-                what = "other photos than" if "photos" in changed else "another split of"
-                raise InputError(f"was trained on {what} {city.root}; remove it to retrain", out)
+        elsewhere = city.trained_elsewhere(read_info(out)) if finished else None
+        if elsewhere is not None:
+            raise InputError(f"{elsewhere}; remove it to retrain", out)
         return self.run(
             name,
             finished,

@@ -153,10 +153,9 @@ class _Trainer:
         self.cfg, self.tc, self.out, self.run, self.progress = cfg, cfg.train, out, run, progress and run.main
         self.city = city
         self.provenance = city.provenance()
-        if resume and state.get("split", self.provenance["split"]) != self.provenance["split"]:
-            raise InputError(
-                f"was trained on another split of {city.root} (split.csv changed since it started); start a new run", out
-            )
+        elsewhere = city.trained_elsewhere(state) if resume else None
+        if elsewhere is not None:
+            raise InputError(f"{elsewhere}; start a new run", out)
         if not city.pyramid_path.is_file():
             raise InputError("has no pyramid.h5; run 'zoomloc build-pyramid' first", city.root)
         self.pyramid = PyramidReader(city.pyramid_path)
