@@ -1,4 +1,18 @@
-"""Split a city's photos into train/val/test by area (``zoomloc split``).
+"""Split a city's photos into train/val/test (``zoomloc split --by photo|sequence|area``).
+
+Three protocols, from the easiest to the strictest:
+
+- ``photo``: photos drawn at random, the paper's protocol (its official code validates on a
+  random 10 % of the city's photos over the same region): a new photo of a city the model has
+  learned, often with a neighbour of the same capture among the training photos;
+- ``sequence``: whole captures (``sequence_id`` in metadata.csv; a photo without one is its own
+  sequence) go to one split, so test photos show streets the model has seen, from other
+  captures — another camera, light and weather. The user's case: a city's crowd-sourced photos
+  train the model, new captures of it are localized;
+- ``area`` (below): test photos in places no training photo comes near; the generalization track.
+
+For ``photo`` and ``sequence`` the units (photos, sequences) are dealt like the area protocol's
+blocks, towards the requested image fractions, with no buffer.
 
 A random split of photos leaks: neighbouring photos of one street see the same façades, so a
 model scores well on test photos by remembering their train neighbours. Here the ground is
@@ -24,6 +38,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import geopandas as gpd
 import numpy as np
@@ -41,14 +56,21 @@ CONFIG_MEMBER = "split_config"  # the SplitConfig that made split_areas.geojson,
 DEAL_ROUNDS = 4  # re-deals with loss-corrected targets; the shares settle within two or three
 
 
+Protocol = Literal["area", "photo", "sequence"]
+PROTOCOLS: tuple[Protocol, ...] = ("photo", "sequence", "area")
+UNITS = {"area": "blocks", "photo": "photos", "sequence": "sequences"}  # what a protocol deals out
+
+
 @dataclass(frozen=True)
 class SplitConfig:
-    """How to split: block side and buffer in metres, image fractions (train, val, test), seed."""
+    """How to split: the protocol, block side and buffer in metres (``area`` only), image fractions
+    (train, val, test), seed."""
 
     block_m: float = 200.0
     buffer_m: float = 50.0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    by: Protocol = "area"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.block_m) and self.block_m > 0):
@@ -62,6 +84,8 @@ class SplitConfig:
             raise InputError(f"--fractions must be 3 non-negative numbers summing to 1, not {given}")
         if self.fraction("train") == 0 or self.fraction("test") == 0:
             raise InputError(f"--fractions must give train and test a share above 0, not {given}")
+        if self.by not in PROTOCOLS:
+            raise InputError(f"--by must be one of {', '.join(PROTOCOLS)}, not {self.by!r}")
 
     def fraction(self, split: str) -> float:
         return self.fractions[SPLITS.index(split)]
@@ -76,18 +100,26 @@ class SplitSummary:
     block_m: float
     buffer_m: float
     images: dict[str, int]
-    blocks: dict[str, int]
+    blocks: dict[str, int]  # units dealt to each split: blocks, photos or sequences (see ``by``)
     dropped: dict[str, int]
+    by: Protocol = "area"
 
     def describe(self) -> str:
         kept = sum(self.images.values())
-        lines = [f"split {kept + sum(self.dropped.values())} photos by {self.block_m:g} m blocks, {self.buffer_m:g} m apart:"]
+        how = {
+            "area": f"by {self.block_m:g} m blocks, {self.buffer_m:g} m apart",
+            "photo": "by photo, at random (the paper's protocol)",
+            "sequence": "by sequence: whole captures to one split",
+        }[self.by]
+        lines = [f"split {kept + sum(self.dropped.values())} photos {how}:"]
         for name in SPLITS:
             share = self.images[name] / kept if kept else 0.0
-            lines.append(
-                f"  {name:<5} {self.images[name]:>7} photos ({share:6.1%}) in {self.blocks[name]} blocks, "
-                f"{self.dropped[name]} dropped near another split"
-            )
+            line = f"  {name:<5} {self.images[name]:>7} photos ({share:6.1%})"
+            if self.by != "photo":
+                line += f" in {self.blocks[name]} {UNITS[self.by]}"
+            if self.by == "area":
+                line += f", {self.dropped[name]} dropped near another split"
+            lines.append(line)
         lines.append(f"wrote {self.split_csv} and {self.areas_geojson}")
         return "\n".join(lines)
 
@@ -99,9 +131,17 @@ def split_city(city_dir: str | os.PathLike, cfg: SplitConfig) -> SplitSummary:
     if meta.empty:
         raise InputError("holds no photo", city.metadata_csv)
     points = _project(meta)
-    blocks, points["block"] = _blocks(points, cfg.block_m)
-    buffer = cfg.buffer_m * _max_scale_factor(meta, points.crs)
-    blocks["split"], near = _deal_and_drop(points, blocks, buffer, cfg)
+    if cfg.by == "area":
+        blocks, points["block"] = _blocks(points, cfg.block_m)
+        buffer = cfg.buffer_m * _max_scale_factor(meta, points.crs)
+        blocks["split"], near = _deal_and_drop(points, blocks, buffer, cfg)
+    else:  # photos or sequences dealt at random, nothing dropped
+        codes = _units(meta, cfg.by)
+        blocks = pd.DataFrame({"n_images": np.bincount(codes)})
+        points["block"] = codes
+        order = np.random.default_rng(cfg.seed).permutation(len(blocks))
+        blocks["split"] = _deal(blocks["n_images"].to_numpy(), dict(zip(SPLITS, cfg.fractions)), order)
+        near = np.zeros(len(points), dtype=bool)
     points["split"] = blocks["split"].to_numpy()[points["block"]]
     kept = points[~near]
     images = {s: int((kept["split"] == s).sum()) for s in SPLITS}
@@ -113,11 +153,13 @@ def split_city(city_dir: str | os.PathLike, cfg: SplitConfig) -> SplitSummary:
         images=images,
         blocks={s: int((blocks["split"] == s).sum()) for s in SPLITS},
         dropped={s: int((points.loc[near, "split"] == s).sum()) for s in SPLITS},
+        by=cfg.by,
     )
     _check_every_split_kept(summary, cfg, len(meta), city.metadata_csv)
     with atomic_path(city.split_csv) as tmp:
         kept[["image_id", "split"]].to_csv(tmp, index=False)
-    areas = json.loads(_areas(blocks, images, cfg.block_m).to_json(drop_id=True))
+    regions = _areas(blocks, images, cfg.block_m) if cfg.by == "area" else _photo_areas(kept, images)
+    areas = json.loads(regions.to_json(drop_id=True))
     areas[CONFIG_MEMBER] = asdict(cfg)  # a GeoJSON foreign member: readers that do not know it skip it
     write_text(city.split_areas, json.dumps(areas))
     return summary
@@ -136,15 +178,39 @@ def config_mismatch(city_dir: str | os.PathLike, cfg: SplitConfig) -> str | None
         return None
     if recorded is None:
         return None
-    have = SplitConfig(**{**recorded, "fractions": tuple(recorded["fractions"])})
+    have = SplitConfig(**{"by": "area", **recorded, "fractions": tuple(recorded["fractions"])})
     if have == cfg:
         return None
 
-    def show(value: float | tuple[float, ...]) -> str:
+    def show(value: float | str | tuple[float, ...]) -> str:
+        if isinstance(value, str):
+            return value
         return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 
     differing = [f.name for f in fields(SplitConfig) if getattr(have, f.name) != getattr(cfg, f.name)]
     return ", ".join(f"{name} {show(getattr(have, name))} (the config's: {show(getattr(cfg, name))})" for name in differing)
+
+
+def _units(meta: pd.DataFrame, by: Protocol) -> np.ndarray:
+    """Each photo's unit of the ``photo`` or ``sequence`` protocol, as codes 0..n-1 in order of first appearance.
+
+    A photo without a ``sequence_id`` (no column, or an empty cell) is a sequence of its own.
+    """
+    if by == "photo" or "sequence_id" not in meta.columns:
+        return np.arange(len(meta))
+    ids = meta["sequence_id"].astype("string")
+    missing = ids.isna() | (ids.str.strip() == "")
+    keys = ids.where(~missing, "\0photo:" + meta["image_id"].astype("string"))
+    codes, _ = pd.factorize(keys)
+    return codes
+
+
+def _photo_areas(kept: gpd.GeoDataFrame, images: dict[str, int]) -> gpd.GeoDataFrame:
+    """Each split's photos as one multipoint, in WGS84: the photo and sequence protocols have no areas of their own."""
+    rows = [(s, shapely.multipoints(kept.geometry[kept["split"] == s].to_numpy())) for s in SPLITS if images[s]]
+    areas = gpd.GeoDataFrame({"split": [s for s, _ in rows]}, geometry=[g for _, g in rows], crs=kept.crs)
+    areas["images"] = areas["split"].map(images)
+    return areas.to_crs(WGS84)
 
 
 def _project(meta: pd.DataFrame) -> gpd.GeoDataFrame:
@@ -231,6 +297,9 @@ def _check_every_split_kept(summary: SplitSummary, cfg: SplitConfig, n_photos: i
     for name in SPLITS:
         if cfg.fraction(name) == 0 or summary.images[name]:
             continue
+        if summary.blocks[name] == 0 and cfg.by != "area":
+            units = sum(summary.blocks.values())
+            raise InputError(f"split leaves no {name} images ({units} {UNITS[cfg.by]} for {n_photos} photos): too few to split by {cfg.by}", metadata_csv)
         if summary.blocks[name] == 0:
             n_blocks = sum(summary.blocks.values())
             raise InputError(

@@ -38,6 +38,8 @@ _CROWN_REACH_M = 5.0  # largest crown radius, with a margin: how far past a crow
 _LEAVES = np.random.default_rng(0x1EAF).uniform(0.7, 1.2, (61, 59)).astype(np.float32)  # leaf brightness
 _SKY_HORIZON = np.array([206, 218, 230], dtype=np.float32)
 _SKY_ZENITH = np.array([92, 138, 198], dtype=np.float32)
+_OVERCAST = np.array([168, 170, 174], dtype=np.float32)
+_CLOTHES = np.array([(30, 30, 36), (200, 40, 40), (40, 70, 150), (220, 220, 210), (110, 90, 60), (60, 120, 60)], dtype=np.float32)
 _CAR_RGB = np.array(
     [(235, 235, 232), (30, 30, 34), (140, 142, 146), (190, 192, 196), (150, 30, 30), (40, 60, 120), (60, 90, 70)],
     dtype=np.float32,
@@ -91,6 +93,15 @@ class Views:
     tint: np.ndarray  # (n, 3)
     blur: np.ndarray  # passes of a [1 2 1] filter
     noise: np.ndarray  # sigma of the sensor noise, in 0..255 units
+    # The capture's conditions (data_prep.capture draws them per sequence):
+    sun_east: np.ndarray  # horizontal unit vector towards the sun, lighting the façades
+    sun_north: np.ndarray
+    overcast: np.ndarray  # 0 clear .. 1: flat light, low contrast, hazy distance
+    wet: np.ndarray  # 1: wet roads, darker and mirroring the sky
+    vignette: np.ndarray  # darkening of the corners, 0 none
+    quality: np.ndarray  # JPEG quality
+    vehicles: np.ndarray  # mean number of vehicles in the photo
+    pedestrians: np.ndarray  # mean number of pedestrians in the photo
 
     def __len__(self) -> int:
         return self.row.size
@@ -99,8 +110,8 @@ class Views:
         return Views(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def sample_views(scene: Scene, params: CameraParams, n: int, rng: np.random.Generator) -> Views:
-    """``n`` cameras at random points of the roads, with random headings and sensors."""
+def sample_views(scene: Scene, params: CameraParams, sun: Sun, n: int, rng: np.random.Generator) -> Views:
+    """``n`` cameras at random points of the roads, with random headings and sensors, in the orthophoto's light."""
     road = np.flatnonzero(np.isin(scene.cls, ROAD_CLASSES))
     if road.size == 0:
         raise InputError("the generated city has no road to put cameras on (is it too small?)")
@@ -118,6 +129,14 @@ def sample_views(scene: Scene, params: CameraParams, n: int, rng: np.random.Gene
         tint=1 + rng.normal(0, 0.04, (n, 3)),
         blur=rng.choice(3, size=n, p=[0.6, 0.3, 0.1]),
         noise=rng.uniform(1.0, 6.0, n),
+        sun_east=np.full(n, sun.horizontal[0], dtype=np.float32),
+        sun_north=np.full(n, sun.horizontal[1], dtype=np.float32),
+        overcast=np.zeros(n),
+        wet=np.zeros(n),
+        vignette=np.zeros(n),
+        quality=np.full(n, params.jpeg_quality),
+        vehicles=np.full(n, params.vehicles),
+        pedestrians=np.zeros(n),
     )
 
 
@@ -140,6 +159,8 @@ class _Camera:
     hz: np.ndarray  # (W,) horizon row (pitch shifts it, roll tilts it)
     de: np.ndarray  # (W,) ray direction east, per metre of depth (includes the 1/cos of the column)
     dn: np.ndarray  # (W,) north
+    sun: np.ndarray  # (2,) float32 (east, north) towards the sun
+    overcast: float
 
     def grid_at(self, depth: np.ndarray, cols: np.ndarray, gsd: float) -> tuple[np.ndarray, np.ndarray]:
         """Grid (row, col) of the points at ``depth`` metres along the columns ``cols``."""
@@ -149,10 +170,9 @@ class _Camera:
 class StreetRenderer:
     """Renders photos of one scene; holds flat views of its grids and the shared colours."""
 
-    def __init__(self, scene: Scene, surface: np.ndarray, params: CameraParams, sun: Sun):
+    def __init__(self, scene: Scene, surface: np.ndarray, params: CameraParams):
         self.scene = scene
         self.params = params
-        self.sun = np.array(sun.horizontal, dtype=np.float32)
         self._height = scene.height.reshape(-1)
         self._cls = scene.cls.reshape(-1)
         self._material = scene.material.reshape(-1)
@@ -177,6 +197,8 @@ class StreetRenderer:
             hz.astype(np.float32),
             (np.sin(psi) / np.cos(alpha)).astype(np.float32),
             (np.cos(psi) / np.cos(alpha)).astype(np.float32),
+            np.array([views.sun_east[i], views.sun_north[i]], dtype=np.float32),
+            float(views.overcast[i]),
         )
 
     def _cells(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +265,7 @@ class StreetRenderer:
         """Facade colour: palette colour lit by the sun on the wall's facing, with windows."""
         angle = self._facing[cell].astype(np.float32) * np.float32(2 * np.pi / 256)
         ne, nn = np.cos(angle), np.sin(angle)
-        light = 0.72 + 0.28 * (ne * self.sun[0] + nn * self.sun[1])
+        light = 0.72 + 0.28 * (1 - cam.overcast) * (ne * cam.sun[0] + nn * cam.sun[1])
         material = self._material[cell]
         base = self._facade[material] * light[:, None]
         # Windows from world coordinates: height above ground, position along the wall.
@@ -315,19 +337,26 @@ class StreetRenderer:
         solid = np.flatnonzero(~sky & ((pcls == BUILDING) | (pcls == TREE)))
         ground = np.flatnonzero(~sky & (pcls != BUILDING) & (pcls != TREE))
         colour[ground], depth[ground] = self._ground(cam, rows[ground], cols[ground])
+        if views.wet[i]:  # wet asphalt: darker, with the sky in it
+            colour[ground] = colour[ground] * 0.65 + _SKY_HORIZON * 0.2
         if solid.size:
             colour[solid], depth[solid] = self._solid(cam, rows[solid], cols[solid], k[solid])
-        haze = (1 - np.exp(-np.minimum(depth, 1e6) / 2500.0))[:, None]
+        haze = (1 - np.exp(-np.minimum(depth, 1e6) / (2500.0 * (1 - 0.8 * cam.overcast))))[:, None]
         colour = colour * (1 - haze) + _SKY_HORIZON * haze
+        if cam.overcast:  # flat, grey light
+            colour = colour * (1 - 0.35 * cam.overcast) + _OVERCAST * (0.35 * cam.overcast)
         img = colour.reshape(H, W, 3)
         depth = depth.reshape(H, W)
-        for _ in range(rng.poisson(p.vehicles)):
+        for _ in range(rng.poisson(float(views.vehicles[i]))):
             self._vehicle(img, depth, cam, rng)
+        if views.pedestrians[i] > 0:
+            for _ in range(rng.poisson(float(views.pedestrians[i]))):
+                self._pedestrian(img, depth, cam, rng)
         return _develop(img, views, i, rng)
 
     def _vehicle(self, img: np.ndarray, depth: np.ndarray, cam: _Camera, rng: np.random.Generator) -> None:
         """Paint a car, van or bus standing on the road ahead, behind nearer things."""
-        H, W = depth.shape
+        W = depth.shape[1]
         z = rng.uniform(3.5, 40.0)
         xc = rng.uniform(0, W)
         c = int(xc)
@@ -337,28 +366,61 @@ class StreetRenderer:
         length, height = [(4.3, 1.5), (5.2, 2.2), (11.0, 3.1)][rng.choice(3, p=[0.82, 0.13, 0.05])]
         width = rng.uniform(1.8, length)  # seen from the side, the back, or at an angle
         half = cam.f * width / 2 / z
-        bottom = cam.hz[c] + cam.f * cam.cam_h / z
-        top = cam.hz[c] - cam.f * (height - cam.cam_h) / z
-        r0, r1 = int(max(0, np.floor(top))), int(min(H, np.ceil(bottom)))
-        c0, c1 = int(max(0, np.floor(xc - half))), int(min(W, np.ceil(xc + half)))
-        if r0 >= r1 or c0 >= c1:
+        box = _upright(cam, depth.shape, xc, z, height, half)
+        if box is None:
             return
-        v = ((np.arange(r0, r1) + 0.5 - top) / (bottom - top))[:, None]  # 0 roof .. 1 ground
+        (r0, r1, c0, c1), v = box
         u = ((np.arange(c0, c1) + 0.5 - (xc - half)) / (2 * half))[None, :]
         body = _CAR_RGB[rng.integers(0, _CAR_RGB.shape[0])] * (1.05 - 0.25 * v)[..., None]
         glass = (v > 0.08) & (v < 0.42) & (u > 0.06) & (u < 0.94)
         wheel = (v > 0.8) & ((np.abs(u - 0.18) < 0.1) | (np.abs(u - 0.82) < 0.1))
-        paint = np.where(glass[..., None], _GLASS * 0.8, np.where(wheel[..., None], 22.0, body))
-        region = (slice(r0, r1), slice(c0, c1))
-        nearer = (depth[region] > z)[..., None]
-        img[region] = np.where(nearer, paint, img[region])
-        depth[region] = np.where(nearer[..., 0], z, depth[region])
+        _paint_in_front(img, depth, box[0], np.where(glass[..., None], _GLASS * 0.8, np.where(wheel[..., None], 22.0, body)), z)
+
+    def _pedestrian(self, img: np.ndarray, depth: np.ndarray, cam: _Camera, rng: np.random.Generator) -> None:
+        """Paint a person (about 1.7 m by 0.5 m) standing on the road or pavement ahead, behind nearer things."""
+        z = rng.uniform(2.0, 25.0)
+        xc = rng.uniform(0, depth.shape[1])
+        box = _upright(cam, depth.shape, xc, z, rng.uniform(1.55, 1.9), cam.f * 0.25 / z)
+        if box is None:
+            return
+        (r0, r1, c0, c1), v = box  # v: 0 head .. 1 feet
+        shirt, trousers = _CLOTHES[rng.integers(0, len(_CLOTHES), 2)]
+        paint = np.where((v < 0.13)[..., None], np.float32([190, 150, 120]), np.where((v < 0.5)[..., None], shirt, trousers))
+        _paint_in_front(img, depth, box[0], np.broadcast_to(paint, (r1 - r0, c1 - c0, 3)), z)
+
+
+def _upright(cam: _Camera, shape: tuple[int, int], xc: float, z: float, height: float, half: float):
+    """The pixel box (r0, r1, c0, c1) of something ``height`` m tall standing on the ground ``z`` m
+    ahead at column ``xc``, ``half`` pixels to either side, and each row's height in it (0 top ..
+    1 ground, ``[rows, 1]``); None when it is off the picture."""
+    H, W = shape
+    c = int(xc)
+    bottom = cam.hz[c] + cam.f * cam.cam_h / z
+    top = cam.hz[c] - cam.f * (height - cam.cam_h) / z
+    r0, r1 = int(max(0, np.floor(top))), int(min(H, np.ceil(bottom)))
+    c0, c1 = int(max(0, np.floor(xc - half))), int(min(W, np.ceil(xc + half)))
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return (r0, r1, c0, c1), ((np.arange(r0, r1) + 0.5 - top) / (bottom - top))[:, None]
+
+
+def _paint_in_front(img: np.ndarray, depth: np.ndarray, box: tuple[int, int, int, int], paint: np.ndarray, z: float) -> None:
+    """Paint ``paint`` into ``box`` where nothing nearer than ``z`` is, and record its depth there."""
+    r0, r1, c0, c1 = box
+    region = (slice(r0, r1), slice(c0, c1))
+    nearer = (depth[region] > z)[..., None]
+    img[region] = np.where(nearer, paint, img[region])
+    depth[region] = np.where(nearer[..., 0], z, depth[region])
 
 
 def _develop(img: np.ndarray, views: Views, i: int, rng: np.random.Generator) -> np.ndarray:
-    """Exposure, white balance, gamma, lens blur and sensor noise → uint8."""
+    """Exposure, white balance, gamma, vignetting, lens blur and sensor noise → uint8."""
     scale = (views.gain[i] * views.tint[i] / 255.0).astype(np.float32)
     x = np.power(np.clip(img * scale, 0, 1), np.float32(views.gamma[i])) * np.float32(255)
+    if views.vignette[i]:
+        h, w = x.shape[:2]
+        yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
+        x *= (1 - np.float32(views.vignette[i]) * (xx**2 + yy**2) / 2)[..., None]
     for _ in range(int(views.blur[i])):
         x = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
         x = (x[:-2] + 2 * x[1:-1] + x[2:]) / 4

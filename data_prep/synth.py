@@ -24,6 +24,7 @@ import numpy as np
 from pyproj import Transformer
 from tqdm import tqdm
 
+from data_prep.capture import CaptureParams, sample_sequences
 from data_prep.overhead import Sun, surface_colours, write_orthophoto
 from data_prep.scene import SceneParams, build_scene
 from data_prep.street import CameraParams, StreetRenderer, Views, encode_jpeg, sample_views
@@ -48,6 +49,7 @@ class SynthCityConfig:
     sun: Sun = field(default_factory=Sun)
     scene: SceneParams = field(default_factory=SceneParams)
     camera: CameraParams = field(default_factory=CameraParams)
+    capture: CaptureParams = field(default_factory=CaptureParams)
 
     def __post_init__(self) -> None:
         problem = None
@@ -64,7 +66,7 @@ class SynthCityConfig:
         elif not 5 <= self.sun.elevation_deg <= 85:
             problem = "sun.elevation_deg must be within [5, 85]"
         else:
-            problem = self.scene.validate() or self.camera.validate()
+            problem = self.scene.validate() or self.camera.validate() or self.capture.validate()
         if problem:
             raise InputError(problem)
 
@@ -130,18 +132,30 @@ def synth_city(city_dir: str | os.PathLike, cfg: SynthCityConfig, progress: bool
     write_orthophoto(city.satellite_dir / "ortho.tif", surface, (west, north), cfg.gsd, crs, cfg.seed)
     t2 = time.perf_counter()
 
-    views = sample_views(scene, cfg.camera, cfg.images, np.random.default_rng([cfg.seed, 0x57EE7]))
+    rng = np.random.default_rng([cfg.seed, 0x57EE7])
+    if cfg.capture.mode == "sequences":
+        captures = sample_sequences(scene, cfg.camera, cfg.capture, cfg.sun, cfg.images, rng)
+        views = captures.views
+    else:
+        captures, views = None, sample_views(scene, cfg.camera, cfg.sun, cfg.images, rng)
     ids = [f"{i:0{max(6, len(str(cfg.images - 1)))}d}" for i in range(cfg.images)]
-    renderer = StreetRenderer(scene, surface, cfg.camera, cfg.sun)
+    renderer = StreetRenderer(scene, surface, cfg.camera)
     city.images_dir.mkdir(parents=True, exist_ok=True)
     with tqdm(total=cfg.images, unit="photo", desc="street views", disable=not progress) as bar:
         for done in _render_all(renderer, views, city.images_dir, ids, cfg.seed, cfg.workers):
             bar.update(done)
-    lon, lat = Transformer.from_crs(crs, WGS84, always_xy=True).transform(west + views.col * cfg.gsd, north - views.row * cfg.gsd)
-    lines = ["image_id,lon,lat,heading_deg,fov_deg"]
-    lines += [
-        f"{i},{x:.8f},{y:.8f},{h:.2f},{f:.2f}" for i, x, y, h, f in zip(ids, lon, lat, views.heading_deg, views.fov_deg)
-    ]
+    x, y = west + views.col * cfg.gsd, north - views.row * cfg.gsd
+    if captures is not None:  # a phone's GPS: the photo is taken at the true position, written a few metres off
+        x, y = x + captures.gps_offset_m[:, 0], y + captures.gps_offset_m[:, 1]
+    lon, lat = Transformer.from_crs(crs, WGS84, always_xy=True).transform(x, y)
+    rows = zip(ids, lon, lat, views.heading_deg, views.fov_deg)
+    if captures is None:
+        lines = ["image_id,lon,lat,heading_deg,fov_deg"] + [f"{i},{x:.8f},{y:.8f},{h:.2f},{f:.2f}" for i, x, y, h, f in rows]
+    else:
+        lines = ["image_id,lon,lat,heading_deg,fov_deg,captured_at,sequence_id"] + [
+            f"{i},{x:.8f},{y:.8f},{h:.2f},{f:.2f},{t},seq{s:05d}"
+            for (i, x, y, h, f), t, s in zip(rows, captures.captured_at_ms, captures.sequence)
+        ]
     write_text(city.metadata_csv, "\n".join(lines) + "\n")
     t3 = time.perf_counter()
     return SynthSummary(
@@ -166,10 +180,9 @@ _WORKER_JOB: _Job | None = None  # set in each forked worker by _init_worker
 
 def _render_range(job: _Job, start: int, stop: int) -> int:
     renderer, views, images_dir, ids, seed = job
-    quality = renderer.params.jpeg_quality
     for i in range(start, stop):
         img = renderer.render(views, i, np.random.default_rng([seed, 0xF070, i]))
-        (images_dir / f"{ids[i]}.jpg").write_bytes(encode_jpeg(img, quality))
+        (images_dir / f"{ids[i]}.jpg").write_bytes(encode_jpeg(img, int(views.quality[i])))
     return stop - start
 
 

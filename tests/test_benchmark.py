@@ -28,13 +28,16 @@ def bench(tmp_path_factory) -> Path:
 def test_results_hold_both_models_the_floor_and_the_budget(bench):
     results = json.loads((bench / "results.json").read_text())
     assert results["reused"] == []  # the first call ran every stage
-    for name in ("zoom", "retrieval", "random"):
+    for name in ("zoom", "retrieval", "nearest_photo", "random"):
         m = results[name]
-        assert m["model"] == name and m["split"] == "test" and m["n_queries"] > 0
+        assert m["model"] == name.replace("_", " ") and m["split"] == "test" and m["n_queries"] > 0
         assert set(m["recall_at_1"]) == {str(d) for d in RECALL_AT_1_M}
         assert set(m["recall_at_5"]) == {str(d) for d in RECALL_AT_5_M}
     assert len(results["zoom"]["step_accuracy"]) == 2 and "step_accuracy" not in results["retrieval"]
+    assert set(results["zoom"]["by_beam"]) == {"1", "4"} and "by_beam" not in results["retrieval"]
+    assert results["zoom"]["by_beam"]["1"]["recall_at_1"] == results["zoom"]["recall_at_1"]  # the benchmark decodes greedily
     assert results["zoom"]["n_queries"] == results["retrieval"]["n_queries"] == results["random"]["n_queries"]
+    assert results["nearest_photo"]["n_queries"] == results["random"]["n_queries"]
     seen = results["test_cells_with_training_photos"]
     assert len(seen) == 2 and all(0 <= v <= 100 for v in seen)
     assert seen[0] >= seen[1]  # a cell holding training photos lies in a parent that holds them
@@ -53,11 +56,18 @@ def test_report_tables_every_figure_and_the_paper_margins(bench):
     report = (bench / "report.md").read_text()
     z, r = results["zoom"], results["retrieval"]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in report.splitlines() if line.startswith("| R@")}
-    assert len(rows) == len(RECALL_AT_1_M) + len(RECALL_AT_5_M)
+    assert len(rows) == len(RECALL_AT_1_M) + len(RECALL_AT_5_M) + 2  # + beam 4 at 50 and 100 m
+    assert rows["R@1 within 100 m, zoom with beam 4 (%)"][:2] == [f"{z['by_beam']['4']['recall_at_1']['100']:.1f}", "–"]
     fifty = rows["R@1 within 50 m (%)"]
-    assert fifty[:2] == [f"{z['recall_at_1']['50']:.1f}", f"{r['recall_at_1']['50']:.1f}"]
-    assert fifty[3] == f"{z['recall_at_1']['50'] - r['recall_at_1']['50']:+.1f}" and fifty[4] == "+5.5"
-    assert rows["R@1 within 100 m (%)"][4] == "+9.6"
+
+    def cell(m: dict) -> str:  # the recall and its bootstrap interval
+        lo, hi = m["recall_at_1_ci95"]["50"]
+        assert lo <= m["recall_at_1"]["50"] <= hi
+        return f"{m['recall_at_1']['50']:.1f} ({lo:.1f}–{hi:.1f})"
+
+    assert fifty[:3] == [cell(z), cell(r), cell(results["nearest_photo"])]
+    assert fifty[4] == f"{z['recall_at_1']['50'] - r['recall_at_1']['50']:+.1f}" and fifty[5] == "+5.5"
+    assert rows["R@1 within 100 m (%)"][5] == "+9.6"
     levels = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in report.splitlines() if line.startswith("| ")}
     assert len(levels["free-running: path right down to this level (%)"]) == 2
     assert [float(v) for v in levels["test photos whose cell holds training photos (%)"]] == pytest.approx(

@@ -101,3 +101,18 @@ def test_peak_memory_of_a_spawned_evaluation_is_its_own():
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         child = pool.submit(_peak_in_child).result()
     assert 0 < child < parent - 600, (child, parent)  # without the parent's 800 MB
+
+
+def test_recall_intervals_hold_the_estimate_and_narrow_with_more_queries():
+    from zoomloc.metrics import summarize_errors
+
+    rng = np.random.default_rng(0)
+    few, many = summarize_errors(rng.exponential(100, 200)), summarize_errors(rng.exponential(100, 20000))
+    for m in (few, many):
+        for d, (lo, hi) in m["recall_at_1_ci95"].items():
+            assert lo <= m["recall_at_1"][d] <= hi
+    width = {name: m["recall_at_1_ci95"]["50"][1] - m["recall_at_1_ci95"]["50"][0] for name, m in (("few", few), ("many", many))}
+    assert width["many"] < width["few"] / 5  # √100 = 10 times narrower, roughly
+    # 50 m of an exponential of mean 100 m: 39.3 % within; 20000 queries pin it to about ±0.7 points.
+    lo, hi = many["recall_at_1_ci95"]["50"]
+    assert lo < 100 * (1 - np.exp(-0.5)) < hi

@@ -175,3 +175,72 @@ def test_synthetic_city_splits_buffer_apart(tiny_city, tmp_path):
     assert all(len(part) > 0 for part in by.values())
     assert min_geodesic_m(by["test"], by["train"]) >= 20
     assert min_geodesic_m(by["val"], by["train"]) >= 20
+
+
+def _with_sequences(city: Path, tmp_path: Path) -> Path:
+    """A copy of ``city`` whose photos belong to 297 captures of 10 photos each, and 30 photos without one."""
+    dst = fresh_copy(city, tmp_path, "seq")
+    meta = pd.read_csv(dst / "streetview" / "metadata.csv", dtype={"image_id": str})
+    seq = [f"s{i // 10:03d}" for i in range(len(meta))]
+    meta["sequence_id"] = seq[: len(meta) - 30] + [""] * 30
+    meta.to_csv(dst / "streetview" / "metadata.csv", index=False)
+    return dst
+
+
+def test_split_by_photo_draws_photos_at_random(city, tmp_path, capsys):
+    dst = fresh_copy(city, tmp_path)
+    assert main(["split", str(dst), "--by", "photo", "--fractions", "0.8", "0.1", "0.1"]) == 0
+    assert "by photo" in capsys.readouterr().out
+    df = joined(dst)
+    assert len(df) == 3000  # nothing dropped
+    shares = df["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.8) < 0.005 and abs(shares["test"] - 0.1) < 0.005
+    # Same area: test photos lie among training photos (a metre or two from one, on these roads).
+    assert np.median(
+        geodesic_m(*(df.loc[df.split == "test", c].to_numpy()[:, None] for c in ("lon", "lat")),
+                   *(df.loc[df.split == "train", c].to_numpy()[None] for c in ("lon", "lat"))).min(axis=1)
+    ) < 10  # fmt: skip
+    areas = gpd.read_file(dst / "split_areas.geojson")
+    assert sorted(areas["split"]) == ["test", "train", "val"]
+    assert dict(zip(areas["split"], areas["images"])) == df["split"].value_counts().to_dict()
+
+
+def test_split_by_sequence_keeps_captures_whole(city, tmp_path, capsys):
+    dst = _with_sequences(city, tmp_path)
+    assert main(["split", str(dst), "--by", "sequence", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "by sequence" in out and "sequences" in out
+    df = joined(dst)
+    assert len(df) == 3000
+    named = df[df["sequence_id"].notna()]
+    assert (named.groupby("sequence_id")["split"].nunique() == 1).all()  # a capture never straddles splits
+    assert set(named["split"]) == {"train", "val", "test"} and named["sequence_id"].nunique() == 297
+    shares = df["split"].value_counts(normalize=True)
+    assert abs(shares["test"] - 0.1) < 0.02
+    loose = df[df["sequence_id"].isna()]
+    assert len(loose) == 30 and loose["split"].nunique() > 1  # each photo without a sequence is its own
+    again = tmp_path / "again"
+    shutil.copytree(dst / "streetview", again / "streetview")
+    assert main(["split", str(again), "--by", "sequence", "--seed", "3"]) == 0
+    assert (again / "split.csv").read_bytes() == (dst / "split.csv").read_bytes()
+
+
+def test_the_protocol_is_recorded_and_checked(city, tmp_path):
+    from data_prep.split import config_mismatch
+
+    dst = fresh_copy(city, tmp_path)
+    split_city(dst, SplitConfig(by="photo"))
+    assert config_mismatch(dst, SplitConfig(by="photo")) is None
+    assert "by photo (the config's: sequence)" in config_mismatch(dst, SplitConfig(by="sequence"))
+    with pytest.raises(InputError, match="--by must be one of"):
+        SplitConfig(by="street")
+
+
+def test_too_few_sequences_are_refused(city, tmp_path, capsys):
+    dst = fresh_copy(city, tmp_path)
+    meta = pd.read_csv(dst / "streetview" / "metadata.csv", dtype={"image_id": str})
+    meta["sequence_id"] = "one"
+    meta.to_csv(dst / "streetview" / "metadata.csv", index=False)
+    assert main(["split", str(dst), "--by", "sequence"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 sequences for 3000 photos" in err and "\n" not in err and not (dst / "split.csv").exists()

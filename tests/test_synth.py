@@ -183,3 +183,64 @@ def test_shipped_configs_load():
     bench = SynthCityConfig.from_yaml(root / "bench.yaml")
     assert demo.size_m**2 <= 1.2e6 and demo.images >= 2000
     assert bench.size_m**2 >= 4e6 and bench.images >= 20000
+
+
+SEQUENCES = "capture: {{mode: sequences, photos_per_sequence: [15, 40], gps_sigma_m: {sigma}}}\n"
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory) -> dict[float, Path]:
+    """The same sequences city with exact GPS and with GPS 3 m off."""
+    root = tmp_path_factory.mktemp("captured")
+    return {sigma: _synth(root, f"gps{sigma:g}", 5, SEQUENCES.format(sigma=sigma)) for sigma in (0.0, 3.0)}
+
+
+def _bearing_deg(lon, lat) -> np.ndarray:
+    """Compass bearing from each photo to the next (same sequence or not)."""
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True).transform(lon, lat)
+    return np.degrees(np.arctan2(np.diff(x), np.diff(y))) % 360, np.hypot(np.diff(x), np.diff(y))
+
+
+def test_captures_come_in_sequences_along_the_streets(captured):
+    meta = CityDir(captured[0.0]).read_metadata()
+    assert {"sequence_id", "captured_at"} <= set(meta.columns)
+    lengths = meta.groupby("sequence_id", sort=False).size()
+    assert len(lengths) >= 3 and lengths.iloc[:-1].between(15, 40).all()  # the last one is cut at IMAGES
+    same = (meta["sequence_id"].to_numpy()[1:] == meta["sequence_id"].to_numpy()[:-1])
+    bearing, step = _bearing_deg(meta["lon"].to_numpy(), meta["lat"].to_numpy())
+    assert np.all(step[same] <= 9.0 + 0.01)  # one photo every few metres (car 4–9 m, walker 1–4 m)
+    assert np.median(step[same]) > 0.5
+    assert np.all(np.diff(meta["captured_at"].to_numpy().astype(np.int64))[same] > 0)  # in time order
+    # Mostly facing the way of travel: the camera's heading against the bearing to the next photo.
+    moving = same & (step > 0.5)
+    off = np.abs((meta["heading_deg"].to_numpy()[:-1][moving] - bearing[moving] + 180) % 360 - 180)
+    assert np.median(off) < 25
+    assert len(list(CityDir(captured[0.0]).images_dir.glob("*.jpg"))) == IMAGES
+
+
+def test_a_capture_keeps_its_look_and_captures_differ(captured):
+    """Conditions are drawn per sequence: photos of one capture resemble each other more than photos of two."""
+    city = CityDir(captured[0.0])
+    meta = city.read_metadata()
+
+    def look(image_id: str) -> np.ndarray:  # mean colour and contrast of a photo
+        x = np.asarray(Image.open(city.image_path(image_id)), dtype=float)
+        return np.concatenate([x.mean(axis=(0, 1)), x.std(axis=(0, 1))])
+
+    looks = {i: look(i) for i in meta["image_id"]}
+    groups = [g["image_id"].tolist() for _, g in meta.groupby("sequence_id") if len(g) >= 10]
+    within = np.mean([np.linalg.norm(looks[g[0]] - looks[g[5]]) for g in groups])
+    across = np.mean([np.linalg.norm(looks[a[0]] - looks[b[5]]) for a, b in zip(groups, groups[1:])])
+    assert within < across
+
+
+def test_gps_is_off_by_a_few_metres_while_the_photos_are_the_same(captured):
+    exact, noisy = CityDir(captured[0.0]), CityDir(captured[3.0])
+    a, b = exact.read_metadata(), noisy.read_metadata()
+    assert (a["image_id"] == b["image_id"]).all() and (a["sequence_id"] == b["sequence_id"]).all()
+    first = a["image_id"].iloc[0]
+    assert exact.image_path(first).read_bytes() == noisy.image_path(first).read_bytes()  # rendered at the true position
+    x0, y0 = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True).transform(a["lon"], a["lat"])
+    x1, y1 = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True).transform(b["lon"], b["lat"])
+    offsets = np.concatenate([np.asarray(x1) - x0, np.asarray(y1) - y0])
+    assert 2.0 < offsets.std() < 4.0  # 3 m per axis

@@ -3,9 +3,10 @@
 One command, end to end: split the city by area, build its pyramid, train the zoom model and
 the retrieval baseline with **the same budget** (the same number of optimizer steps and the
 same batch size, checked — the two run configs must agree on both), evaluate both on the test
-split, add a random-cell guess as the floor, and write
+split, add a random-cell guess as the floor and the nearest-photo reference (each test photo at
+the position of its most similar training photo, :mod:`zoomloc.nearest_photo`), and write
 
-- ``results.json``: ``{"zoom": metrics, "retrieval": metrics, "random": metrics, "config": …,
+- ``results.json``: ``{"zoom": metrics, "retrieval": metrics, "nearest_photo": metrics, "random": metrics, "config": …,
   "train_time_s": {…}, "budget": …, "machine": …}`` (each ``metrics`` as ``zoomloc evaluate``
   writes it);
 - ``report.md``: the table of both models' figures, the zoom − retrieval margins next to the
@@ -44,6 +45,7 @@ from zoomloc.errors import ConfigError
 from zoomloc.evaluate import EvalReport, evaluate_run, plot_error_cdf
 from zoomloc.grid import ZoomGrid, geodesic_m
 from zoomloc.metrics import RECALL_AT_1_M, RECALL_AT_5_M, summarize_errors
+from zoomloc.nearest_photo import nearest_photo_metrics
 from zoomloc.pyramid import PyramidReader, PyramidSpec
 from zoomloc.stages import Stages
 from zoomloc.train import RunConfig, load_run_config
@@ -117,11 +119,21 @@ def run_benchmark(config: str | os.PathLike, out: str | os.PathLike, city_dir: s
 
     with PyramidReader(city.pyramid_path) as pyr:
         grid = pyr.grid
-    test = Samples.from_city(city, "test", grid)
+    test, train = Samples.from_city(city, "test", grid), Samples.from_city(city, "train", grid)
     metrics["random"], errors["random"] = random_cell_metrics(test, grid, cfg.random_seed)
+    zoom_train = run_cfgs["zoom"].train
+    metrics["nearest_photo"], errors["nearest photo"] = nearest_photo_metrics(
+        city,
+        run_cfgs["zoom"].model.encoder,
+        train,
+        test,
+        cache_views=(zoom_train.augment, zoom_train.cache_views, zoom_train.seed),
+        workers=zoom_train.workers,
+        progress=progress,
+    )
     results = {
         **metrics,
-        "test_cells_with_training_photos": cells_with_training_photos(Samples.from_city(city, "train", grid), test, grid),
+        "test_cells_with_training_photos": cells_with_training_photos(train, test, grid),
         "config": {"file": str(config), **asdict(cfg), "runs": {k: asdict(c) for k, c in run_cfgs.items()}},
         "city": str(city.root),
         "train_time_s": train_time,
@@ -225,10 +237,18 @@ def _levels_table(z: dict[str, Any], seen: list[float] | None) -> list[str]:
     ]
 
 
+def _with_interval(metrics: dict[str, Any], group: str, d: str) -> str:
+    """A recall in percent, with its 95 % bootstrap interval where the metrics hold one (Recall@1)."""
+    interval = metrics.get(f"{group}_ci95", {}).get(d)
+    value = f"{metrics[group][d]:.1f}"
+    return f"{value} ({interval[0]:.1f}–{interval[1]:.1f})" if interval else value
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     """``report.md``: the comparison table, the margins next to the paper's, the targets."""
     z, r, rnd = results["zoom"], results["retrieval"], results["random"]
-    columns = (z, r, rnd)
+    nearest = results["nearest_photo"]
+    columns = (z, r, nearest, rnd)
 
     def row(label: str, values: list[str], margin: str = "", paper: str = "") -> str:
         return f"| {label} | " + " | ".join(values) + f" | {margin} | {paper} |"
@@ -236,26 +256,33 @@ def report_markdown(results: dict[str, Any]) -> str:
     def pct(group: str, d: str) -> str:
         margin = z[group][d] - r[group][d]
         paper = f"{PAPER_R1['zoom'][d] - PAPER_R1['retrieval'][d]:+.1f}" if group == "recall_at_1" and d in PAPER_R1["zoom"] else ""
-        return row(f"R@{group[-1]} within {d} m (%)", [f"{m[group][d]:.1f}" for m in columns], f"{margin:+.1f}", paper)
+        return row(f"R@{group[-1]} within {d} m (%)", [_with_interval(m, group, d) for m in columns], f"{margin:+.1f}", paper)
 
     def measured(label: str, fmt: str, get) -> str:
-        return row(label, [fmt.format(get(m)) for m in (z, r)] + ["–"])
+        return row(label, [fmt.format(get(m)) for m in (z, r)] + ["–", "–"])
 
     t = results["train_time_s"]
     lines = [
         f"# zoom vs retrieval on `{results['city']}`",
         "",
-        f"{z['n_queries']} test queries; budget: {results['budget']}; zoom decoded with beam {z.get('beam', 1)}.",
+        f"{z['n_queries']} test queries; budget: {results['budget']}; zoom decoded with beam {z.get('beam', 1)}. "
+        "Recall@1 with its 95 % bootstrap interval over the test photos in brackets.",
         "",
-        "| | zoom | retrieval | random cell | zoom − retrieval | paper (zoom − Sample4Geo) |",
-        "|---|---|---|---|---|---|",
+        "| | zoom | retrieval | nearest photo | random cell | zoom − retrieval | paper (zoom − Sample4Geo) |",
+        "|---|---|---|---|---|---|---|",
         *[pct("recall_at_1", str(d)) for d in RECALL_AT_1_M],
         *[pct("recall_at_5", str(d)) for d in RECALL_AT_5_M],
+        *[
+            row(f"R@1 within {d} m, zoom with beam {b} (%)", [f"{v['recall_at_1'][d]:.1f}", "–", "–", "–"])
+            for b, v in z.get("by_beam", {}).items()
+            if int(b) != z.get("beam", 1)
+            for d in ("50", "100")
+        ],
         row("median error (m)", [f"{m['median_error_m']:.1f}" for m in columns]),
         measured("latency p50 / p95 (ms)", "{}", lambda m: f"{m['latency_ms']['p50']:.1f} / {m['latency_ms']['p95']:.1f}"),
         measured("peak memory (MB)", "{:.0f}", lambda m: m["peak_rss_mb"]),
         measured("index build (s)", "{:.1f}", lambda m: m["index_build_s"]),
-        row("training time (min)", [f"{t[k] / 60:.1f}" if k in t else "?" for k in KINDS] + ["–"]),
+        row("training time (min)", [f"{t[k] / 60:.1f}" if k in t else "?" for k in KINDS] + ["–", "–"]),
         "",
         *_levels_table(z, results.get("test_cells_with_training_photos")),
         "## Targets",

@@ -119,10 +119,11 @@ class CityDir:
         They tell a run trained on other photos, or before the city was split anew, from one of
         this split: its training photos may be this split's test photos.
         """
-        return {
-            "photos": _digest(self.metadata_csv, "the photo list", "import or generate the photos first"),
-            "split": _digest(self.split_csv, "the split", "run 'zoomloc split' first"),
-        }
+        return {"photos": self.photos_digest(), "split": _digest(self.split_csv, "the split", "run 'zoomloc split' first")}
+
+    def photos_digest(self) -> str:
+        """Digest of metadata.csv: what was computed from the photo list (a model, the street cache) is of this list."""
+        return _digest(self.metadata_csv, "the photo list", "import or generate the photos first")
 
     def changed_since(self, recorded: Mapping[str, Any]) -> tuple[str, ...]:
         """Which of the :meth:`provenance` digests (``photos``, ``split``) differ from ``recorded``

@@ -48,7 +48,7 @@ def _cmd_synth_city(args: argparse.Namespace) -> None:
 def _cmd_split(args: argparse.Namespace) -> None:
     from data_prep.split import SplitConfig, split_city
 
-    cfg = SplitConfig(block_m=args.block_m, buffer_m=args.buffer_m, fractions=tuple(args.fractions), seed=args.seed)
+    cfg = SplitConfig(block_m=args.block_m, buffer_m=args.buffer_m, fractions=tuple(args.fractions), seed=args.seed, by=args.by)
     summary = split_city(args.city_dir, cfg)
     print(summary.describe())
 
@@ -232,13 +232,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command(
         "split",
         _cmd_split,
-        "Split a city's photos into train/val/test by area (split.csv, split_areas.geojson).",
-        "zoomloc split cities/demo --block-m 200 --buffer-m 50 --fractions 0.8 0.1 0.1 --seed 0",
+        "Split a city's photos into train/val/test: by photo (the paper's protocol), by sequence (whole captures), "
+        "or by area (split.csv, split_areas.geojson).",
+        "zoomloc split cities/demo --by sequence --fractions 0.8 0.1 0.1 --seed 0",
         progress=False,
     )
     p.add_argument("city_dir", type=Path, help="city directory with streetview/metadata.csv")
-    p.add_argument("--block-m", type=float, default=200.0, help="side of the square blocks assigned to splits (default 200)")
-    p.add_argument("--buffer-m", type=float, default=50.0, help="minimum distance between photos of different splits (default 50)")
+    p.add_argument(
+        "--by",
+        choices=("photo", "sequence", "area"),
+        default="area",
+        help="photo: photos at random (the paper's); sequence: whole captures (sequence_id) to one split; "
+        "area: blocks of --block-m, --buffer-m apart (default area)",
+    )
+    p.add_argument("--block-m", type=float, default=200.0, help="--by area: side of the square blocks assigned to splits (default 200)")
+    p.add_argument("--buffer-m", type=float, default=50.0, help="--by area: minimum distance between photos of different splits (default 50)")
     p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
 

@@ -159,6 +159,22 @@ def quiet_on_sigterm(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
+def street_input(photo: str | Path, transforms: ViewTransforms, augment: T.Transform | None = None, key: int | None = None) -> torch.Tensor:
+    """The street encoder's input ``[n, 3, h, w]`` for a photo: plain (centre crop) without ``key``,
+    else ``augment`` and a random crop drawn from a generator seeded by ``key``.
+
+    Seeded by ``key`` alone, an augmentation is the same in any process, worker or resumed run:
+    the live training loader and the street cache (:mod:`zoomloc.street_cache`) draw it alike.
+    """
+    image = T.functional.pil_to_tensor(load_photo(photo))
+    if augment is None or key is None:
+        return transforms.street(image)
+    with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
+        torch.manual_seed(key)
+        image = augment(image)
+        return transforms.street(image, train=True, rng=random.Random(key))
+
+
 class StreetDataset(Dataset):
     """Street views of :class:`Samples` as encoder inputs, with their labels.
 
@@ -191,16 +207,8 @@ class StreetDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         i, key = item if isinstance(item, tuple) else (item, None)
-        image = T.functional.pil_to_tensor(load_photo(self.samples.image_paths[i]))
-        if self.augment is not None and key is not None:
-            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
-                torch.manual_seed(key)
-                image = self.augment(image)
-                street = self.transforms.street(image, train=True, rng=random.Random(key))
-        else:
-            street = self.transforms.street(image)
         item = {
-            "image": street,
+            "image": street_input(self.samples.image_paths[i], self.transforms, self.augment, key),
             "path": torch.from_numpy(self.samples.paths[i]),
             "offset": torch.from_numpy(self.samples.offsets[i]),
             "index": torch.tensor(i),

@@ -19,6 +19,7 @@ with zoomloc), anything else from a local file.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import pickle
 import random
@@ -39,6 +40,7 @@ from timm.models import group_parameters
 from torch import Tensor, nn
 
 from zoomloc.errors import InputError
+from zoomloc.trunk import BackboneCut, cut_backbone
 
 WEIGHT_SOURCES = ("none", "hub", "efficientnet-lite0")
 _FREEZE = re.compile(r"none|all|all_but_last_(\d+)")
@@ -238,21 +240,40 @@ class ViewEncoders(nn.Module):
         # after pooling (MobileNetV3: 576 channels pooled, 1024 out), else ``num_features``.
         first = self.backbones[views[0]]
         self.num_features: int = getattr(first, "head_hidden_size", None) or first.num_features
+        # Channels-last convolutions: oneDNN runs them about twice as fast on a CPU (Lite0 at
+        # 128×256: 15 vs 27 ms a photo), with the same weights and, but for summation order, the same result.
+        self.to(memory_format=torch.channels_last)
 
     def backbone(self, view: str) -> nn.Module:
         """The backbone encoding `view` ("street" or "sat"); the same object for both when shared."""
         return self.backbones["shared" if self.cfg.shared else view]
 
-    def encode_street(self, images: Tensor) -> Tensor:
-        """``[B, 3, h, w]`` or ``[B, n, 3, h, w]`` (n crops of one photo, averaged) → ``[B, D]``."""
-        if images.dim() == 4:
-            return self.backbone("street")(images)
+    @functools.cached_property
+    def street_cut(self) -> BackboneCut:
+        """The street backbone as a frozen trunk and the tail that trains (see :mod:`zoomloc.trunk`)."""
+        return cut_backbone(self.backbone("street"), self.cfg.name, self.cfg.street_size)
+
+    def street_trunk(self, images: Tensor) -> Tensor:
+        """The frozen trunk's output ``[B, n, ...]`` for ``[B, n, 3, h, w]`` photo crops: what the street cache stores."""
         b, n = images.shape[:2]
-        return self.backbone("street")(images.flatten(0, 1)).view(b, n, -1).mean(1)
+        out = self.street_cut.trunk(_channels_last(images.flatten(0, 1)))
+        return out.view(b, n, *out.shape[1:])
+
+    def encode_street(self, x: Tensor, *, trunk: bool = False) -> Tensor:
+        """``[B, 3, h, w]`` or ``[B, n, 3, h, w]`` photos (n crops of one photo, averaged) → ``[B, D]``.
+
+        With ``trunk``, ``x`` is :meth:`street_trunk`'s output ``[B, n, ...]`` (read from the
+        street cache) and only the tail runs.
+        """
+        encode = self.street_cut.tail if trunk else self.backbone("street")
+        if x.dim() == 4 and not trunk:
+            return encode(_channels_last(x))
+        b, n = x.shape[:2]
+        return encode(_channels_last(x.flatten(0, 1))).view(b, n, -1).mean(1)
 
     def encode_sat(self, images: Tensor) -> Tensor:
         """``[B, 3, s, s]`` → ``[B, D]``."""
-        return self.backbone("sat")(images)
+        return self.backbone("sat")(_channels_last(images))
 
     def sat_features(self, sats: Tensor) -> Tensor:
         """``[B, n, D]``: views ``[B, n, 3, s, s]`` encoded; precomputed embeddings ``[B, n, D]`` as they are.
@@ -279,6 +300,11 @@ class ViewEncoders(nn.Module):
         """Input transforms normalised as the backbone was trained."""
         data = resolve_data_config({}, model=self.backbone("street"))
         return ViewTransforms(self.cfg, data["mean"], data["std"])
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """Images (or trunk feature maps) in the backbones' memory format; pooled vectors as they are."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def build_encoder(cfg: EncoderConfig) -> ViewEncoders:

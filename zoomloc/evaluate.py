@@ -7,8 +7,10 @@ schema below), ``errors.csv`` (one row per query) and ``error_cdf.png`` beside i
     {"model": "zoom" | "retrieval", "split": "test", "n_queries": N,
      "beam": B,                         # zoom only
      "recall_at_1": {"25": %, "40": %, "50": %, "100": %}, "recall_at_5": {"50": %, "100": %},
+     "recall_at_1_ci95": {"25": [low %, high %], ...},  # 95 % bootstrap interval over the queries
      "median_error_m": m, "mean_error_m": m,
      "step_accuracy": [%, ...],         # zoom only: free-running, per level
+     "by_beam": {"1": {"recall_at_1": {...}, "median_error_m": m}, "4": {...}},  # zoom only
      "teacher_forced": {"step_accuracy": [%, ...], "true_child_rank": [r, ...]},  # zoom only
      "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
      "index_build_s": s}      # embedding every pyramid view (as timed when the view cache was made;
@@ -45,9 +47,11 @@ from zoomloc.grid import geodesic_m
 from zoomloc.localization import Localization
 from zoomloc.localize import DECODE_CHUNK, Localizer
 from zoomloc.metrics import RECALL_AT_1_M, summarize_errors
+from zoomloc.street_cache import StreetCache
 
 LATENCY_QUERIES = 100  # single queries timed (after a few warm-ups); accuracy uses all
 WARMUP = 3
+COMPARED_BEAMS = (1, 4)  # a zoom model's R@1 at each of these beam widths: does a wider search pay?
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class EvalReport:
             f"  Recall@5  {r5}",
             f"  error     median {m['median_error_m']:.1f} m, mean {m['mean_error_m']:.1f} m",
         ]
+        if "by_beam" in m:
+            lines.append(
+                "  by beam   R@1 within 50 / 100 m: "
+                + ", ".join(f"beam {b} {v['recall_at_1']['50']:.1f} / {v['recall_at_1']['100']:.1f}%" for b, v in m["by_beam"].items())
+            )
         if "step_accuracy" in m:
             lines.append(f"  steps     free-running accuracy per level: {', '.join(f'{a:.1f}%' for a in m['step_accuracy'])}")
             tf = m["teacher_forced"]
@@ -108,6 +117,8 @@ def evaluate_run(
     errors = np.array([r.error_m for r in best])
     kind = loc.model.cfg.kind
     metrics = {"model": kind, "split": split, **({"beam": beam} if kind == "zoom" else {}), **metrics}
+    if kind == "zoom":
+        metrics["by_beam"] = by_beam(loc, street, samples, sorted({beam, *COMPARED_BEAMS}))
     metrics["latency_ms"] = _latency_ms(loc, samples, beam)
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["index_build_s"] = loc.index_build_s
@@ -143,9 +154,16 @@ def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None
 
 
 @torch.no_grad()
-def street_embeddings(loc: Localizer, samples: Samples, *, workers: int = 2, progress: bool = False) -> torch.Tensor:
-    """Street embeddings ``[N, D]`` of every photo of ``samples`` (no augmentation)."""
+def street_embeddings(
+    loc: Localizer, samples: Samples, *, workers: int = 2, progress: bool = False, cache: StreetCache | None = None
+) -> torch.Tensor:
+    """Street embeddings ``[N, D]`` of every photo of ``samples`` (no augmentation): the photos encoded,
+    or the tail run on their plain crops' trunk outputs from the street ``cache``."""
     loc.model.eval()
+    if cache is not None:
+        rows = cache.rows_of(samples.image_ids)
+        chunks = np.array_split(rows, max(1, len(rows) // 256))
+        return torch.cat([loc.model.encode_street(cache.plain(r).to(loc.device), trunk=True) for r in chunks])
     loader = torch.utils.data.DataLoader(
         StreetDataset(samples, loc.transforms),
         batch_size=32,
@@ -178,6 +196,17 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
         metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
         metrics["teacher_forced"] = teacher_forced(loc, street, samples)
     return best, metrics
+
+
+def by_beam(loc: Localizer, street: torch.Tensor, samples: Samples, beams: list[int]) -> dict[str, dict[str, Any]]:
+    """Recall@1 and median error of the best path of each beam width in ``beams``."""
+    truths = list(zip(samples.lon, samples.lat))
+    out = {}
+    for beam in beams:
+        best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
+        summary = summarize_errors(np.array([r.error_m for r in best]))
+        out[str(beam)] = {"recall_at_1": summary["recall_at_1"], "median_error_m": summary["median_error_m"]}
+    return out
 
 
 @torch.no_grad()

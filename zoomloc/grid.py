@@ -287,6 +287,22 @@ class ZoomGrid:
         actions = np.arange(self.k * self.k, dtype=np.int64)[:, None]
         return np.concatenate([np.broadcast_to(path, (len(actions), path.shape[-1])), actions], axis=1)
 
+    def nearest_child(self, parents, rows, cols) -> np.ndarray:
+        """The action from each parent path (``[..., l]``, l < levels) into its child nearest the
+        terminal cell (``rows``, ``cols``): that cell's own ancestor when the parent holds it, else
+        the child on the parent's edge closest to it (the cell index clamped into the parent's
+        children, per axis).
+
+        The target of a zoom step taken from a wrong parent: the best a policy can still do there.
+        """
+        prow, pcol, level = self.rowcol_of_path(parents)
+        if level >= self.levels:
+            raise InputError(f"a path of length {level} has no children in a grid of {self.levels} levels")
+        scale = self.k ** (self.levels - level - 1)
+        r = np.clip(np.asarray(rows) // scale - prow * self.k, 0, self.k - 1)
+        c = np.clip(np.asarray(cols) // scale - pcol * self.k, 0, self.k - 1)
+        return r * self.k + c
+
     # ----------------------------------------------------------------- cells → geometry
     def bounds_of_path(self, paths) -> np.ndarray:
         """``[..., 4]`` (minx, miny, maxx, maxy) in the grid CRS of the cells named by ``paths``."""

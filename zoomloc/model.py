@@ -7,8 +7,8 @@ kind from them: :func:`zoomloc.checkpoint.load_model`, the trainer and the
 :class:`~zoomloc.localize.Localizer` need nothing else.
 
 Both kinds share the encoders and this training interface, so one trainer serves both:
-``encoders``, ``grid``, ``cfg``, ``encode_street(images)``, ``sat_prefixes`` (which views of
-its path a training sample's satellite input holds) and ``forward(images, paths, sats)``.
+``encoders``, ``grid``, ``cfg``, ``encode_street(images, trunk=)``, ``sat_prefixes`` (which views of
+its path a training sample's satellite input holds) and ``forward(images, paths, sats, trunk=)``.
 """
 
 from __future__ import annotations
@@ -61,22 +61,24 @@ class ZoomModel(nn.Module):
         """The views teacher forcing feeds: every path prefix's, plus the terminal context crop when refining."""
         return tuple(range(self.grid.levels + (1 if self.policy.offset_head is not None else 0)))
 
-    def encode_street(self, images: Tensor) -> Tensor:
-        return self.encoders.encode_street(images)
+    def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
+        """Street embeddings ``[B, D]`` of photos, or of their cached trunk outputs (``trunk``)."""
+        return self.encoders.encode_street(images, trunk=trunk)
 
     def encode_sat(self, views: Tensor) -> Tensor:
         return self.encoders.encode_sat(views)
 
-    def forward(self, images: Tensor, paths: Tensor, sats: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, images: Tensor, paths: Tensor, sats: Tensor, *, trunk: bool = False) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced training outputs: logits ``[B, L, k²]`` and, with refinement, offsets ``[B, 2]``.
 
-        ``sats`` holds, for each path prefix of length 0..L-1 (and L, the terminal context, when
+        ``images`` are photos, or with ``trunk`` their street-cache entries (:mod:`zoomloc.street_cache`).
+        ``paths`` are the actions fed (the last only with refinement). ``sats`` holds, for each path prefix of length 0..L-1 (and L, the terminal context, when
         refining), either its view embedding ``[B, n, D]`` (from a cache) or its view ``[B, n, 3, s, s]``
         (encoded here, when the satellite encoder trains). One call does it all so that
         DistributedDataParallel sees every trainable parameter used in its forward.
         """
         sats = self.encoders.sat_features(sats)
-        street = self.encode_street(images)
+        street = self.encode_street(images, trunk=trunk)
         if self.policy.offset_head is not None:
             return self.policy.forward_with_offset(street, sats, paths)
         return self.policy(street, sats, paths), None

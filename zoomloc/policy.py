@@ -216,13 +216,20 @@ class ZoomPolicy(nn.Module):
 
 
 # ---------------------------------------------------------------------- losses
-def zoom_loss(logits: Tensor, actions: Tensor, label_smoothing: float = 0.1) -> Tensor:
+def zoom_loss(logits: Tensor, actions: Tensor, label_smoothing: float = 0.1, lost: Tensor | None = None) -> Tensor:
     """Cross-entropy of every step's logits ``[B, l, k²]`` against ``actions`` ``[B, l]``, averaged.
 
     Label smoothing keeps the policy from becoming overconfident at coarse levels, where
     neighbouring children are often equally plausible; beam search needs calibrated scores.
+    Steps marked ``lost`` ``[B, l]`` (taken from a wrong parent, :mod:`zoomloc.rollout`) have the
+    uniform distribution as their target instead: no child there holds the camera.
     """
-    return F.cross_entropy(logits.flatten(0, 1), actions.flatten(), label_smoothing=label_smoothing)
+    if lost is None:
+        return F.cross_entropy(logits.flatten(0, 1), actions.flatten(), label_smoothing=label_smoothing)
+    n = logits.shape[-1]
+    target = F.one_hot(actions, n).float() * (1 - label_smoothing) + label_smoothing / n
+    target = torch.where(lost[..., None], torch.full_like(target, 1 / n), target)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(0, 1))
 
 
 def offset_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -48,6 +48,7 @@ from zoomloc.atomic import atomic_path
 from zoomloc.citydir import CityDir
 from zoomloc.errors import InputError, OutsideRegionError, PyramidError
 from zoomloc.grid import WGS84, ZoomGrid
+from zoomloc.hdf5 import take_rows
 from zoomloc.raster import FILL_RGB, Mosaic, Source, open_source
 
 FORMAT_VERSION = 1
@@ -333,7 +334,7 @@ class PyramidReader:
         """Views ``[n, px, px, 3]`` uint8 of cell indices ``cells`` of ``level`` (0..L-1)."""
         if not 0 <= level < self.grid.levels:
             raise IndexError(f"level {level} has no views; levels are 0..{self.grid.levels - 1} (terminal cells: context())")
-        return _take(self._file()[f"views/level_{level}"], cells)
+        return take_rows(self._file()[f"views/level_{level}"], cells)
 
     def views_of_paths(self, paths) -> np.ndarray:
         """The views a zoom along each path looks at, before each of its actions.
@@ -353,7 +354,7 @@ class PyramidReader:
 
     def context(self, cells) -> np.ndarray:
         """Context crops ``[n, px, px, 3]`` uint8 of terminal cell indices ``cells``."""
-        return _take(self._file()["context/terminal"], cells)
+        return take_rows(self._file()["context/terminal"], cells)
 
     def coverage(self, level: int) -> np.ndarray:
         """Fraction of each cell of ``level`` with imagery; ``level == L`` gives the terminal cells."""
@@ -411,14 +412,3 @@ def _open_validated(path: Path) -> tuple[h5py.File, ZoomGrid]:
         h5.close()
         raise
     return h5, grid
-
-
-def _take(dataset: h5py.Dataset, cells) -> np.ndarray:
-    """``dataset[cells]`` for any order and repeats (h5py wants increasing, unique indexes)."""
-    cells = np.asarray(cells, dtype=np.int64).ravel()
-    if cells.size == 0:
-        return np.empty((0, *dataset.shape[1:]), dataset.dtype)
-    if cells.min() < 0 or cells.max() >= len(dataset):
-        raise IndexError(f"cell indexes must lie in 0..{len(dataset) - 1} for {dataset.name}")
-    unique, inverse = np.unique(cells, return_inverse=True)
-    return dataset[unique][inverse]

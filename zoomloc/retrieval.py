@@ -85,23 +85,25 @@ class RetrievalModel(nn.Module):
         """The similarity scale (1 / temperature), clamped at :data:`MAX_LOGIT_SCALE`."""
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def encode_street(self, images: Tensor) -> Tensor:
-        """Unit-length embeddings ``[B, dim]`` of street images (see :meth:`ViewEncoders.encode_street`)."""
-        return F.normalize(self.street_head(self.encoders.encode_street(images)), dim=-1)
+    def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
+        """Unit-length embeddings ``[B, dim]`` of street images, or of their cached trunk outputs
+        (``trunk``; see :meth:`ViewEncoders.encode_street`)."""
+        return F.normalize(self.street_head(self.encoders.encode_street(images, trunk=trunk)), dim=-1)
 
     def embed_sat(self, features: Tensor) -> Tensor:
         """Unit-length embeddings ``[..., dim]`` of satellite backbone features ``[..., D]`` (e.g. cached)."""
         return F.normalize(self.sat_head(features), dim=-1)
 
-    def forward(self, images: Tensor, paths: Tensor, sats: Tensor) -> Tensor:
+    def forward(self, images: Tensor, paths: Tensor, sats: Tensor, *, trunk: bool = False) -> Tensor:
         """Training logits ``[B, B]`` of every photo against every context crop of the batch.
 
-        ``paths`` ``[B, L]`` name each pair's terminal cell (for the false-negative mask);
+        ``images`` are photos, or with ``trunk`` their street-cache entries; ``paths`` ``[B, L]``
+        name each pair's terminal cell (for the false-negative mask);
         ``sats`` is the crop's cached backbone feature ``[B, 1, D]`` or, when the satellite
         encoder trains, the crop ``[B, 1, 3, s, s]`` (encoded here, so that DDP sees it).
         """
         sat = self.embed_sat(self.encoders.sat_features(sats)[:, 0])
-        return contrastive_logits(self.encode_street(images), sat, self.scale(), _cell_ids(paths, self.grid.k))
+        return contrastive_logits(self.encode_street(images, trunk=trunk), sat, self.scale(), _cell_ids(paths, self.grid.k))
 
     @torch.no_grad()
     def database(self, sat: SatEmbeddings) -> RetrievalIndex:

@@ -11,6 +11,10 @@ the one with the best **validation Recall@1 within 50 m** (free-running: greedy 
 the top-1 cell of the search), because teacher-forced accuracy hides how errors compound when
 the model feeds on its own decisions.
 
+On a CPU the street cache (``train.cache_views``, :mod:`zoomloc.street_cache`) buys the epochs:
+the frozen part of the street encoder runs once per photo and augmentation, and a step runs only
+the rest. ``train.rollout`` trains the policy from its own decisions too (:mod:`zoomloc.rollout`).
+
 A run folder holds ``config.yaml``, ``best.safetensors``, ``last.safetensors`` +
 ``train_state.pt`` (for ``--resume``), ``metrics.jsonl`` and ``curve.png``. Under
 ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel.
@@ -24,9 +28,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,6 +54,8 @@ from zoomloc.model import ModelConfig, build_model
 from zoomloc.policy import offset_loss, zoom_loss
 from zoomloc.pyramid import PyramidReader
 from zoomloc.retrieval import info_nce
+from zoomloc.rollout import rollout, rollout_share
+from zoomloc.street_cache import StreetCache, street_cache, variant_of
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -77,14 +84,27 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    cpu_bf16: bool = False  # bfloat16 autocast on a CPU too (fast where it has AVX512-BF16 or AMX)
     deterministic: bool = False  # torch deterministic algorithms (slower), for exact reruns
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # The street cache (zoomloc.street_cache): 0 encodes every photo live at every step; V >= 1
+    # runs the frozen part of the street encoder once, on V augmented crops per photo, and trains
+    # only the rest — many epochs on a CPU.
+    cache_views: int = 0
+    # Exposure bias (zoomloc.rollout): the share of zoom steps fed the policy's own greedy choice
+    # instead of the true one, reached linearly over the first rollout_ramp of training.
+    rollout: float = 0.0
+    rollout_ramp: float = 0.5
+    # What a step from a wrong parent learns: the child nearest the truth, or that none holds it.
+    rollout_target: Literal["nearest", "uniform"] = "nearest"
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.log_every, self.val_every, self.val_queries) < 1:
             raise ValueError("steps, batch_size, log_every, val_every and val_queries must be positive")
-        if self.warmup_steps < 0 or self.workers < 0 or self.lr <= 0:
-            raise ValueError("warmup_steps and workers must not be negative, lr must be positive")
+        if self.warmup_steps < 0 or self.workers < 0 or self.lr <= 0 or self.cache_views < 0:
+            raise ValueError("warmup_steps, workers and cache_views must not be negative, lr must be positive")
+        if not (0 <= self.rollout <= 1 and 0 <= self.rollout_ramp <= 1):
+            raise ValueError(f"rollout and rollout_ramp must lie in [0, 1], got {self.rollout} and {self.rollout_ramp}")
 
 
 @dataclass(frozen=True)
@@ -95,9 +115,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        r = self.model.retrieval
-        if self.model.kind == "retrieval" and r.neighbour_batching and self.train.batch_size % r.neighbour_group:
-            raise ValueError(f"retrieval.neighbour_group {r.neighbour_group} must divide train.batch_size {self.train.batch_size}")
+        r, m, t = self.model.retrieval, self.model, self.train
+        if m.kind == "retrieval" and r.neighbour_batching and t.batch_size % r.neighbour_group:
+            raise ValueError(f"retrieval.neighbour_group {r.neighbour_group} must divide train.batch_size {t.batch_size}")
+        if t.rollout and (m.kind != "zoom" or m.policy.refine or not m.encoder.sat_frozen):
+            raise ValueError("train.rollout applies to zoom models with a frozen satellite encoder and no refinement")
+        if t.cache_views and (not m.encoder.sat_frozen or m.encoder.freeze == "none"):
+            raise ValueError("train.cache_views needs a street encoder with a frozen part and a frozen satellite encoder")
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,7 @@ class _Trainer:
         self.val_samples = Samples.from_city(city, "val", grid).subset(self.tc.val_queries, self.tc.seed)
         self.sat_frozen = cfg.model.encoder.sat_frozen
         self.sat_cache = self._sat_embeddings() if self.sat_frozen else None
+        self.street_cache = self._street_cache() if self.tc.cache_views else None
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=self.tc.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step, self.best = 0, {}
@@ -194,6 +219,18 @@ class _Trainer:
         if not self.run.main:
             emb = cached_embeddings(encoders, self.pyramid, lengths=lengths, progress=False)
         return emb.to(self.run.device)
+
+    def _street_cache(self) -> StreetCache:
+        """The city's street cache for this model's trunk (built by the main rank when absent)."""
+
+        def build(progress: bool) -> StreetCache:
+            tc = self.tc
+            return street_cache(self.model.encoders, self.city, tc.augment, tc.cache_views, tc.seed, workers=tc.workers, progress=progress)
+
+        if self.run.main:
+            cache = build(self.progress)
+        self.run.barrier()  # the other ranks read what the main one wrote
+        return cache if self.run.main else build(False)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: encoder vs policy (or heads) learning rate, no weight decay on norms, biases, embeddings, scales."""
@@ -231,22 +268,40 @@ class _Trainer:
         )
 
     # ------------------------------------------------------------------ loop
+    def _batches(self) -> Iterable[Batch]:
+        """The training batches from the current step on: photos read live, or their street-cache entries."""
+        samples = self.train_samples
+        batches = StepBatches(
+            len(samples), self.tc.batch_size, self.tc.seed, self.step, self.tc.steps, self.run.rank, self.run.world, self._order()
+        )
+        if self.street_cache is None:
+            dataset = StreetDataset(
+                samples,
+                self.model.encoders.transforms(),
+                self.tc.augment,
+                pyramid=None if self.sat_frozen else self.pyramid,
+                sat_prefixes=self.model.sat_prefixes,
+            )
+            return self._loader(dataset, batch_sampler=batches)
+        rows = self.street_cache.rows_of(samples.image_ids)
+
+        def cached() -> Iterator[Batch]:
+            for items in batches:
+                index, keys = (np.array(v, dtype=np.int64) for v in zip(*items))
+                yield {
+                    "trunk": self.street_cache.augmented(rows[index], variant_of(keys, self.street_cache.views)),
+                    "path": torch.from_numpy(samples.paths[index]),
+                    "offset": torch.from_numpy(samples.offsets[index]),
+                }
+
+        return cached()
+
     def fit(self) -> TrainSummary:
         start = time.perf_counter()
-        dataset = StreetDataset(
-            self.train_samples,
-            self.model.encoders.transforms(),
-            self.tc.augment,
-            pyramid=None if self.sat_frozen else self.pyramid,
-            sat_prefixes=self.model.sat_prefixes,
-        )
-        batches = StepBatches(
-            len(dataset), self.tc.batch_size, self.tc.seed, self.step, self.tc.steps, self.run.rank, self.run.world, self._order()
-        )
         bar = tqdm(total=self.tc.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         window: list[dict[str, float]] = []
         tick = time.perf_counter()
-        for batch in self._loader(dataset, batch_sampler=batches):
+        for batch in self._batches():
             window.append(self._train_step(batch))
             self.step += 1
             bar.update(1)
@@ -275,14 +330,22 @@ class _Trainer:
     def _train_step(self, batch: Batch) -> dict[str, float]:
         self.ddp.train()
         device = self.run.device
-        images, paths = batch["image"].to(device, non_blocking=True), batch["path"].to(device)
+        trunk = "trunk" in batch
+        images, paths = batch["trunk" if trunk else "image"].to(device, non_blocking=True), batch["path"].to(device)
+        share = rollout_share(self.step, self.tc.steps, self.tc.rollout, self.tc.rollout_ramp)
+        fed, targets, lost, stats = paths, paths, None, {}
+        if share:
+            fed, targets, lost = self._rollout(images, trunk, paths, share)
+            stats = {"rollout": share}
         # The satellite input: the model's path prefixes' cached view embeddings, or (a training
         # satellite encoder) their views, read by the loader.
         prefixes = self.model.sat_prefixes
-        sats = self.sat_cache.of_prefixes(paths, prefixes) if self.sat_cache is not None else batch["sats"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.tc.amp and device.type == "cuda"):
-            out = self.ddp(images, paths, sats)
-        loss, stats = self.objective(out, paths, batch)
+        sats = self.sat_cache.of_prefixes(fed, prefixes) if self.sat_cache is not None else batch["sats"].to(device)
+        autocast = self.tc.amp if device.type == "cuda" else self.tc.cpu_bf16
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = self.ddp(images, fed, sats, trunk=trunk)
+        loss, objective_stats = self.objective(out, targets, {**batch, "lost": lost})
+        stats.update(objective_stats)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -290,11 +353,30 @@ class _Trainer:
         self.scheduler.step()
         return {"loss": loss.item(), **stats}
 
+    def _rollout(
+        self, images: torch.Tensor, trunk: bool, paths: torch.Tensor, share: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Paths to feed, step targets and wrong-parent steps when ``share`` of the steps follow the policy's own
+        choice (:mod:`zoomloc.rollout`).
+
+        The rollout runs in eval mode, as inference does, from a generator seeded by the step, so
+        a resumed run draws what an uninterrupted one would.
+        """
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                street = self.model.encode_street(images, trunk=trunk)
+            generator = torch.Generator().manual_seed(self.tc.seed * 1_000_003 + self.step)
+            return rollout(self.model.policy, street, self.sat_cache.of_paths, self.pyramid.grid, paths, share, generator)
+        finally:
+            self.model.train()
+
     def _zoom_objective(self, out: tuple[torch.Tensor, torch.Tensor | None], paths: torch.Tensor, batch: Batch) -> Objective:
         """Cross-entropy of every zoom step (plus the offset loss when refining); acc: teacher-forced steps right."""
         logits, offset = out
         logits = logits.float()
-        loss = zoom_loss(logits, paths, self.tc.label_smoothing)
+        lost = batch["lost"] if self.tc.rollout_target == "uniform" else None
+        loss = zoom_loss(logits, paths, self.tc.label_smoothing, lost)
         if offset is not None:
             loss = loss + self.tc.refine_weight * offset_loss(offset.float(), batch["offset"].to(self.run.device))
         return loss, {"acc": (logits.argmax(-1) == paths).float().mean().item()}
@@ -311,7 +393,8 @@ class _Trainer:
         """Free-running localization of ``samples`` (greedy decoding, or the search's top cell): recall and errors."""
         sat = self.sat_cache if self.sat_cache is not None else self._sat_embeddings()
         loc = Localizer(self.model, sat, self.run.device)
-        _, metrics = accuracy(loc, street_embeddings(loc, samples, workers=self.tc.workers), samples, beam=1)
+        street = street_embeddings(loc, samples, workers=self.tc.workers, cache=self.street_cache)
+        _, metrics = accuracy(loc, street, samples, beam=1)
         return metrics
 
     def _validate_and_save(self) -> None:

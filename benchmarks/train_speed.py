@@ -1,0 +1,105 @@
+"""Training throughput: photos per second of optimizer steps, live street encoder vs the street cache.
+
+The baseline is ``configs/zoom.yaml`` as it trained before the cache (commit 559b57f: no
+``cache_views``, ``freeze: all_but_last_2``, batch 32, float32): every step decodes, augments and encodes
+its photos, and back-propagates through the street encoder's last two stages. The cached runs
+are ``configs/zoom.yaml`` as it is now, with the cut at ``freeze: all_but_last_1`` (the last stage
+and head train on cached trunk outputs) and at ``freeze: all`` (the policy alone). The one-off
+cache build is timed apart; both code paths share today's encoders (channels-last convolutions). Everything is measured in one run, on one machine: run it on an idle one (several
+torch processes on 2 cores slow each other down far more than twice).
+
+Each configuration trains ``2 × --window`` steps; the figure is the second window's
+``img_per_s`` from ``metrics.jsonl`` (the first holds the warm-up), validation excluded.
+
+    python benchmarks/train_speed.py [--city out/demo/city] [--window 20] [--out benchmarks/results/train_speed.json]
+
+(``make demo`` builds ``out/demo/city``; any split city with its pyramid will do.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from zoomloc.atomic import write_text
+from zoomloc.benchmark import machine
+from zoomloc.citydir import CityDir
+from zoomloc.model import build_model
+from zoomloc.pyramid import PyramidReader
+from zoomloc.street_cache import StreetCacheSpec, street_cache
+from zoomloc.train import RunConfig, load_run_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = {"freeze": "all_but_last_2", "batch_size": 32, "cache_views": 0, "cpu_bf16": False}  # configs/zoom.yaml before the cache
+
+
+def throughput(city: CityDir, cfg: RunConfig, window: int, out: Path) -> float:
+    """Photos/s of the second ``window`` of optimizer steps of ``cfg`` on ``city``."""
+    tc = dataclasses.replace(cfg.train, steps=2 * window, log_every=window, val_every=2 * window, val_queries=32, warmup_steps=1)
+    train(city.root, dataclasses.replace(cfg, train=tc), out, progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["img_per_s"] for r in records if "img_per_s" in r][1]
+
+
+def variant(cfg: RunConfig, freeze: str, **train: int | bool) -> RunConfig:
+    """``cfg`` with the street encoder frozen as ``freeze`` and ``train`` settings changed."""
+    encoder = dataclasses.replace(cfg.model.encoder, freeze=freeze)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder), train=dataclasses.replace(cfg.train, **train))
+
+
+def cache_build_s(city: CityDir, cfg: RunConfig) -> tuple[float, int]:
+    """Seconds to build ``cfg``'s street cache from scratch, and its photo count."""
+    with PyramidReader(city.pyramid_path) as pyr:
+        model = build_model(cfg.model, pyr.grid)
+    tc = cfg.train
+    spec = StreetCacheSpec.of(model.encoders, city, tc.augment, tc.cache_views, tc.seed)
+    (city.root / "embeddings" / f"street_{spec.key}.h5").unlink(missing_ok=True)
+    start = time.perf_counter()
+    cache = street_cache(model.encoders, city, tc.augment, tc.cache_views, tc.seed, workers=tc.workers, progress=False)
+    seconds, n = time.perf_counter() - start, len(cache)
+    cache.close()
+    return seconds, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--city", type=Path, default=REPO / "out" / "demo" / "city", help="a split city with its pyramid")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "zoom.yaml", help="the zoom run config")
+    parser.add_argument("--window", type=int, default=20, help="steps timed per configuration (after as many warm-up steps)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_speed.json")
+    args = parser.parse_args()
+    city = CityDir(args.city)
+    cfg = load_run_config(args.config)
+    base = variant(cfg, **BASELINE)
+    results: dict[str, Any] = {"city": str(city.root), "window_steps": args.window}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results["cache_build_s"], results["cache_photos"] = cache_build_s(city, variant(cfg, "all_but_last_1"))
+        baseline = throughput(city, base, max(2, args.window // 4), tmp / "baseline")  # ~1 s a step: fewer of them
+        results["baseline_photos_per_s"] = baseline
+        results["baseline"] = {"config": f"{args.config} with {BASELINE}"}
+        results["cached"] = {}
+        for freeze in ("all_but_last_1", "all"):
+            cached = variant(cfg, freeze)
+            rate = throughput(city, cached, args.window, tmp / freeze)
+            results["cached"][freeze] = {
+                "photos_per_s": rate,
+                "speedup": rate / baseline,
+                "batch_size": cached.train.batch_size,
+                "cache_views": cached.train.cache_views,
+            }
+    results["machine"] = machine()
+    write_text(args.out, json.dumps(results, indent=2) + "\n")
+    print(f"baseline ({args.config.name} before the cache, live, {BASELINE['freeze']}, batch {BASELINE['batch_size']}): {baseline:.1f} photos/s")
+    for freeze, r in results["cached"].items():
+        print(f"cached, freeze {freeze}, batch {r['batch_size']}: {r['photos_per_s']:.1f} photos/s ({r['speedup']:.1f}x)")
+    print(f"street cache build, once: {results['cache_build_s']:.1f} s for {results['cache_photos']} photos; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The street cache: trunk outputs computed once must be what a live forward pass computes, a build
+must survive an interruption, and training from the cache must be exact and resumable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoomloc.street_cache as street_cache_module
+from zoomloc.citydir import CityDir
+from zoomloc.cli import main
+from zoomloc.data import AugmentConfig, street_input
+from zoomloc.encoders import EncoderConfig, build_encoder
+from zoomloc.street_cache import StreetCache, StreetCacheSpec, augment_key, build_street_cache, street_cache, variant_of
+from zoomloc.trunk import POOLED
+
+from conftest import train_in_process  # tests/ is on sys.path under pytest
+
+AUGMENT = AugmentConfig(blur_p=0.5, jpeg_p=0.5)
+
+
+@pytest.fixture(scope="module")
+def few_photos(tiny_city, tmp_path_factory) -> CityDir:
+    """The first 150 photos of ``tiny_city`` as a city of their own (the cache needs only photos)."""
+    root = tmp_path_factory.mktemp("few_photos")
+    src = CityDir(tiny_city)
+    meta = src.read_metadata().iloc[:150]
+    city = CityDir(root)
+    city.images_dir.mkdir(parents=True)
+    for image_id in meta["image_id"]:
+        shutil.copy(src.image_path(image_id), city.image_path(image_id))
+    meta.to_csv(city.metadata_csv, index=False)
+    return city
+
+
+@pytest.mark.parametrize("freeze", ["all_but_last_1", "all"])
+def test_cached_trunk_gives_the_live_forward_pass(few_photos, freeze):
+    encoders = build_encoder(EncoderConfig(street_size=(64, 128), freeze=freeze)).eval()
+    cache = street_cache(encoders, few_photos, AUGMENT, views=2, seed=5, progress=False)
+    assert (encoders.street_cut.at == POOLED) == (freeze == "all")
+    ids = few_photos.read_metadata()["image_id"].tolist()
+    picks = [0, 77, 149]
+    rows = cache.rows_of([ids[i] for i in picks])
+    transforms, augment = encoders.transforms(), AUGMENT.build()
+    with torch.no_grad():
+        plain = encoders.encode_street(cache.plain(rows), trunk=True)
+        live = encoders.encode_street(torch.stack([street_input(few_photos.image_path(ids[i]), transforms) for i in picks]))
+        torch.testing.assert_close(plain, live, rtol=2e-2, atol=2e-2)  # float16 storage
+        for view in range(2):
+            cached = encoders.encode_street(cache.augmented(rows, np.full(len(rows), view)), trunk=True)
+            keys = [augment_key(5, i, view) for i in picks]
+            fresh = torch.stack([street_input(few_photos.image_path(ids[i]), transforms, augment, k) for i, k in zip(picks, keys)])
+            torch.testing.assert_close(cached, encoders.encode_street(fresh), rtol=2e-2, atol=2e-2)
+        # The two views are two different augmentations, not one stored twice.
+        assert not torch.equal(cache.augmented(rows, np.zeros(3)), cache.augmented(rows, np.ones(3)))
+    cache.close()
+
+
+def test_an_interrupted_build_resumes_to_the_same_cache(few_photos, tmp_path, monkeypatch):
+    encoders = build_encoder(EncoderConfig(street_size=(32, 64), freeze="all_but_last_1")).eval()
+    spec = StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=2, seed=0)
+    straight, resumed = tmp_path / "straight.h5", tmp_path / "resumed.h5"
+    build_street_cache(straight, spec, encoders, few_photos, progress=False)
+
+    write = street_cache_module._write_chunk
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second chunk never lands
+            raise KeyboardInterrupt
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(street_cache_module, "_write_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_street_cache(resumed, spec, encoders, few_photos, progress=False)
+    building = tmp_path / ".resumed.h5.building"
+    assert not resumed.exists() and building.is_file()
+    with h5py.File(building) as f:
+        assert f.attrs["done"] == street_cache_module.CHUNK  # the first chunk is kept
+
+    monkeypatch.setattr(street_cache_module, "_write_chunk", write)
+    written = []
+    monkeypatch.setattr(street_cache_module, "_write_chunk", lambda f, start, *a: (written.append(start), write(f, start, *a)))
+    build_street_cache(resumed, spec, encoders, few_photos, progress=False)
+    assert written[0] == street_cache_module.CHUNK, "the resumed build starts after the chunk already written"
+    assert not building.exists()
+    with h5py.File(straight) as a, h5py.File(resumed) as b:
+        for name in ("image_ids", "plain", "augmented"):
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+        assert json.loads(a.attrs["spec"]) == json.loads(b.attrs["spec"])
+
+
+def test_the_cache_is_named_by_what_makes_it(few_photos):
+    encoders = build_encoder(EncoderConfig(street_size=(32, 64), freeze="all_but_last_1"))
+    base = StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=2, seed=0)
+    others = [
+        StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=3, seed=0),
+        StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=2, seed=1),
+        StreetCacheSpec.of(encoders, few_photos, AugmentConfig(), views=2, seed=0),
+        StreetCacheSpec.of(build_encoder(EncoderConfig(street_size=(32, 64), freeze="all_but_last_2")), few_photos, AUGMENT, 2, 0),
+        StreetCacheSpec.of(build_encoder(EncoderConfig(street_size=(32, 96), freeze="all_but_last_1")), few_photos, AUGMENT, 2, 0),
+        StreetCacheSpec.of(build_encoder(EncoderConfig(weights="none", street_size=(32, 64), freeze="all_but_last_1")), few_photos, AUGMENT, 2, 0),
+    ]  # fmt: skip
+    assert len({base.key, *(o.key for o in others)}) == 1 + len(others)
+    assert StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=2, seed=0).key == base.key
+
+
+def test_each_epoch_draws_every_view():
+    keys = np.arange(10_000) * 1_000_003 + 17
+    drawn = variant_of(keys, 4)
+    assert set(drawn) == {0, 1, 2, 3}
+    assert np.abs(np.bincount(drawn) / len(drawn) - 0.25).max() < 0.02
+    np.testing.assert_array_equal(drawn, variant_of(keys, 4))
+
+
+CACHED_RUN = """
+model:
+  encoder: {{street_size: [32, 64], sat_size: 32, freeze: all_but_last_1}}
+  policy: {{width: 32, layers: 1, heads: 2}}
+train: {{steps: 6, batch_size: 16, lr: 5.0e-4, warmup_steps: 2, val_every: 2, val_queries: 32, log_every: 2,
+        workers: 0, deterministic: true, cache_views: 2, rollout: {rollout}, rollout_target: {target}, cpu_bf16: {bf16}}}
+"""
+
+
+def _untimed(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(ln).items() if k != "img_per_s"} for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("rollout", "target", "bf16"), [(0.0, "nearest", "false"), (0.6, "uniform", "true")])
+def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city, tmp_path, monkeypatch, rollout, target, bf16):
+    config = tmp_path / "run.yaml"
+    config.write_text(CACHED_RUN.format(rollout=rollout, target=target, bf16=bf16))
+    first, second, resumed = tmp_path / "first", tmp_path / "second", tmp_path / "resumed"
+    assert train_in_process(tiny_city, "--config", config, "--out", first) == 0
+    assert list((tiny_city / "embeddings").glob("street_*.h5")), "the cache lies in the city's embeddings folder"
+    assert train_in_process(tiny_city, "--config", config, "--out", second) == 0
+    # Interrupted after its first checkpoint (step 2), then resumed.
+    import zoomloc.train as train_module
+
+    save = train_module.save_train_state
+
+    def stop_after_first(path, state):
+        save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_train_state", stop_after_first)
+    assert train_in_process(tiny_city, "--config", config, "--out", resumed) == 130
+    monkeypatch.setattr(train_module, "save_train_state", save)
+    assert train_in_process(tiny_city, "--out", resumed, "--resume") == 0
+
+    records = _untimed(first)
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    if rollout:
+        shares = [r["rollout"] for r in records if "rollout" in r]
+        assert shares == sorted(shares) and 0 < shares[0] < shares[-1] == pytest.approx(rollout)
+    for other in (second, resumed):
+        assert _untimed(other) == records
+        a, b = load_file(first / "last.safetensors"), load_file(other / "last.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trained = [k for k, v in load_file(first / "last.safetensors").items() if k.startswith("encoders.backbones.street.blocks.6")]
+    assert trained, "the tail (the last stage) is part of the model"
+
+
+def test_cache_and_rollout_settings_are_checked(tmp_path, capsys):
+    for bad, why in [
+        ("{cache_views: 2}", "frozen part"),  # freeze: none
+        ("{rollout: 1.5}", "rollout"),
+    ]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"model: {{encoder: {{freeze: none}}}}\ntrain: {bad}\n")
+        assert main(["train", str(tmp_path), "--config", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and str(path) in err and "\n" not in err
+
+
+def test_a_cache_of_other_photos_is_refused(few_photos):
+    encoders = build_encoder(EncoderConfig(street_size=(32, 64), freeze="all"))
+    cache = street_cache(encoders, few_photos, AUGMENT, views=1, seed=0, progress=False)
+    with pytest.raises(Exception, match="no photo 'nope'"):
+        cache.rows_of(["nope"])
+    assert isinstance(cache, StreetCache) and len(cache) == 150
+    cache.close()
