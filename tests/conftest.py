@@ -60,6 +60,14 @@ def write_run_config(folder: Path, steps: int = 300, val_every: int = 150, worke
     return path
 
 
+def untimed_records(run: Path) -> list[dict]:
+    """A run's metrics.jsonl without the throughput, which is timed: what two equal runs must share."""
+    import json
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in lines]
+
+
 def changed_sat_weights(run: Path, config: Path) -> list[str]:
     """The satellite backbone tensors of ``run``'s checkpoint that differ from a fresh model of ``config``."""
     import torch

@@ -35,7 +35,7 @@ from zoomloc.cli import main
 from zoomloc.data import load_photo
 from zoomloc.pyramid import PyramidReader
 
-from conftest import train_in_process, write_run_config  # tests/ is on sys.path under pytest
+from conftest import train_in_process, untimed_records, write_run_config  # tests/ is on sys.path under pytest
 
 TIMEOUT_S = 300
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGKILL, id="SIGKILL")]
@@ -108,12 +108,6 @@ def test_killed_build_pyramid_keeps_the_previous_pyramid(tiny_city, tmp_path, si
 
 
 # ----------------------------------------------------------------------------- train and --resume
-def _records(run: Path) -> list[dict]:
-    """metrics.jsonl without the throughput, which is timed."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in lines]
-
-
 def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The final weights in each file of a run that holds them."""
     return {LAST: load_file(run / LAST), BEST: load_file(run / BEST), TRAIN_STATE: load_train_state(run / TRAIN_STATE)["model"]}
@@ -121,7 +115,7 @@ def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def _assert_same_run(run: Path, reference: Path) -> None:
     """Same log (steps, losses, validation metrics) and bit-identical weights in every file."""
-    assert _records(run) == _records(reference)
+    assert untimed_records(run) == untimed_records(reference)
     ours, theirs = _weights(run), _weights(reference)
     for name, a in ours.items():
         b = theirs[name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,7 +20,7 @@ from zoomloc.encoders import EncoderConfig, build_encoder
 from zoomloc.street_cache import StreetCache, StreetCacheSpec, augment_key, build_street_cache, street_cache, variant_of
 from zoomloc.trunk import POOLED
 
-from conftest import train_in_process  # tests/ is on sys.path under pytest
+from conftest import train_in_process, untimed_records  # tests/ is on sys.path under pytest
 
 AUGMENT = AugmentConfig(blur_p=0.5, jpeg_p=0.5)
 
@@ -130,10 +129,6 @@ train: {{steps: 6, batch_size: 16, lr: 5.0e-4, warmup_steps: 2, val_every: 2, va
 """
 
 
-def _untimed(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(ln).items() if k != "img_per_s"} for ln in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize(("rollout", "target", "bf16"), [(0.0, "nearest", "false"), (0.6, "uniform", "true")])
 def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city, tmp_path, monkeypatch, rollout, target, bf16):
     config = tmp_path / "run.yaml"
@@ -156,13 +151,13 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city,
     monkeypatch.setattr(train_module, "save_train_state", save)
     assert train_in_process(tiny_city, "--out", resumed, "--resume") == 0
 
-    records = _untimed(first)
+    records = untimed_records(first)
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     if rollout:
         shares = [r["rollout"] for r in records if "rollout" in r]
         assert shares == sorted(shares) and 0 < shares[0] < shares[-1] == pytest.approx(rollout)
     for other in (second, resumed):
-        assert _untimed(other) == records
+        assert untimed_records(other) == records
         a, b = load_file(first / "last.safetensors"), load_file(other / "last.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     trained = [k for k, v in load_file(first / "last.safetensors").items() if k.startswith("encoders.backbones.street.blocks.6")]

@@ -23,7 +23,7 @@ from zoomloc.model import ZoomModel
 from zoomloc.pyramid import PyramidReader
 from zoomloc.train import load_run_config
 
-from conftest import changed_sat_weights, write_run_config  # tests/ is on sys.path under pytest
+from conftest import changed_sat_weights, untimed_records, write_run_config  # tests/ is on sys.path under pytest
 
 
 def _records(run: Path) -> list[dict]:
@@ -214,10 +214,7 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(tiny_city, tm
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
-    def untimed(run: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "img_per_s"} for r in _records(run)]
-
-    assert untimed(resumed) == untimed(straight)
+    assert untimed_records(resumed) == untimed_records(straight)
 
 
 def test_training_satellite_encoder_and_refinement_head(tiny_city, tmp_path):

@@ -2,8 +2,9 @@
 
 A street encoder frozen but for its last blocks (:mod:`zoomloc.trunk`) spends nearly all of a
 CPU training step on layers whose output never changes. Here they run once per photo and
-augmentation: ``views`` augmented crops per photo (none for evaluation alone) (colour, blur, JPEG, random crop — the live
-loader's augmentation, drawn from the same keys) plus one plain centre crop, stored as float16.
+augmentation: ``views`` augmented crops per photo (colour, blur, JPEG, random crop — the live
+loader's augmentation, drawn from the same keys; none for evaluation alone) plus one plain
+centre crop, stored as float16.
 Training then runs only the tail, drawing one stored variant per photo and epoch; validation
 reads the plain crops. With ``freeze: all`` the trunk is the whole backbone, the cache holds the
 pooled embedding and a training step is the policy (or the retrieval heads) alone.
