@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # them offline); other versions would download gigabytes.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test test-all install clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zoomloc demo --out out/demo
 
+# `make test`: everything but the end-to-end runs marked `slow` (minutes on 2 idle cores);
+# `make test-all` (what CI runs): all of it. Both list the slowest tests and why any was skipped.
+PYTEST := $(BIN)/python -m pytest -q --durations=15 -rs tests
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) -m "not slow"
+
+test-all: $(STAMP)
+	$(PYTEST)
 
 clean-demo:
 	rm -rf out/demo

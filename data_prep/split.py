@@ -47,7 +47,7 @@ import shapely
 from pyproj import Proj
 
 from zoomloc.atomic import atomic_path, write_text
-from zoomloc.citydir import SPLITS, CityDir
+from zoomloc.citydir import SPLITS, CityDir, capture_codes
 from zoomloc.errors import InputError
 from zoomloc.grid import WGS84, utm_crs_for
 
@@ -192,17 +192,8 @@ def config_mismatch(city_dir: str | os.PathLike, cfg: SplitConfig) -> str | None
 
 
 def _units(meta: pd.DataFrame, by: Protocol) -> np.ndarray:
-    """Each photo's unit of the ``photo`` or ``sequence`` protocol, as codes 0..n-1 in order of first appearance.
-
-    A photo without a ``sequence_id`` (no column, or an empty cell) is a sequence of its own.
-    """
-    if by == "photo" or "sequence_id" not in meta.columns:
-        return np.arange(len(meta))
-    ids = meta["sequence_id"].astype("string")
-    missing = ids.isna() | (ids.str.strip() == "")
-    keys = ids.where(~missing, "\0photo:" + meta["image_id"].astype("string"))
-    codes, _ = pd.factorize(keys)
-    return codes
+    """Each photo's unit of the ``photo`` or ``sequence`` protocol, as codes 0..n-1 (see :func:`capture_codes`)."""
+    return np.arange(len(meta)) if by == "photo" else capture_codes(meta)
 
 
 def _photo_areas(kept: gpd.GeoDataFrame, images: dict[str, int]) -> gpd.GeoDataFrame:

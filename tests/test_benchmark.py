@@ -1,21 +1,25 @@
-"""``zoomloc benchmark`` with ``configs/bench_quick.yaml``: the report's structure, both models above the floor."""
+"""``zoomloc benchmark`` with ``configs/bench_quick.yaml``: three protocols, the report's structure, reuse and refusals."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import REPO  # tests/ is on sys.path under pytest
 from data_prep.split import SplitConfig, split_city
-from zoomloc.benchmark import BenchmarkConfig
+from zoomloc.benchmark import COLUMNS, MEASURES, BenchmarkConfig
+from zoomloc.citydir import CityDir
 from zoomloc.cli import main
 from zoomloc.config import load_yaml
 from zoomloc.metrics import RECALL_AT_1_M, RECALL_AT_5_M
 from zoomloc.pyramid import PyramidSpec, build_pyramid
 
 QUICK = REPO / "configs" / "bench_quick.yaml"
+pytestmark = pytest.mark.slow  # the benchmark end to end, three protocols: minutes (make test-all, CI)
+PROTOCOLS = ["sequence", "photo", "area"]
 
 
 @pytest.fixture(scope="module")
@@ -25,79 +29,130 @@ def bench(tmp_path_factory) -> Path:
     return out
 
 
-def test_results_hold_both_models_the_floor_and_the_budget(bench):
+def test_results_hold_every_protocol_with_both_models_and_the_references(bench):
     results = json.loads((bench / "results.json").read_text())
     assert results["reused"] == []  # the first call ran every stage
-    for name in ("zoom", "retrieval", "nearest_photo", "random"):
-        m = results[name]
-        assert m["model"] == name.replace("_", " ") and m["split"] == "test" and m["n_queries"] > 0
-        assert set(m["recall_at_1"]) == {str(d) for d in RECALL_AT_1_M}
-        assert set(m["recall_at_5"]) == {str(d) for d in RECALL_AT_5_M}
-    assert len(results["zoom"]["step_accuracy"]) == 2 and "step_accuracy" not in results["retrieval"]
-    assert set(results["zoom"]["by_beam"]) == {"1", "4"} and "by_beam" not in results["retrieval"]
-    assert results["zoom"]["by_beam"]["1"]["recall_at_1"] == results["zoom"]["recall_at_1"]  # the benchmark decodes greedily
-    assert results["zoom"]["n_queries"] == results["retrieval"]["n_queries"] == results["random"]["n_queries"]
-    assert results["nearest_photo"]["n_queries"] == results["random"]["n_queries"]
-    seen = results["test_cells_with_training_photos"]
-    assert len(seen) == 2 and all(0 <= v <= 100 for v in seen)
-    assert seen[0] >= seen[1]  # a cell holding training photos lies in a parent that holds them
-    assert set(results["train_time_s"]) == {"zoom", "retrieval"}
+    assert list(results["protocols"]) == PROTOCOLS and results["headline"] == "sequence"
     runs = results["config"]["runs"]
     assert runs["zoom"]["train"]["steps"] == runs["retrieval"]["train"]["steps"]
     assert str(runs["zoom"]["train"]["steps"]) in results["budget"]
-    for name in ("zoom", "retrieval"):  # both learned something: better than guessing a cell
-        assert results[name]["recall_at_1"]["100"] > results["random"]["recall_at_1"]["100"]
-        assert results[name]["median_error_m"] < results["random"]["median_error_m"]
+    for protocol, r in results["protocols"].items():
+        for name in COLUMNS:
+            m = r[name]
+            assert m["model"] == name.replace("_", " ") and m["split"] == "test" and m["n_queries"] == r["zoom"]["n_queries"] > 0
+            assert set(m["recall_at_1"]) == {str(d) for d in RECALL_AT_1_M}
+            assert set(m["recall_at_5"]) == {str(d) for d in RECALL_AT_5_M}
+        assert "references" not in r["zoom"]  # tabled as columns of their own
+        assert len(r["zoom"]["step_accuracy"]) == 2 and "step_accuracy" not in r["retrieval"]
+        assert set(r["zoom"]["by_beam"]) == {"1", "4"} and "by_beam" not in r["retrieval"]
+        assert r["zoom"]["by_beam"]["1"]["recall_at_1"] == r["zoom"]["recall_at_1"]  # decoded greedily
+        seen = r["test_cells_with_training_photos"]
+        assert len(seen) == 2 and 0 <= seen[1] <= seen[0] <= 100  # a cell holding training photos lies in a parent that does
+        assert set(r["train_time_s"]) == {"zoom", "retrieval"} and r["city"] == str(bench / protocol / "city")
+        # The zoom learned something on every protocol: better than guessing a cell.
+        assert r["zoom"]["recall_at_1"]["100"] > r["random"]["recall_at_1"]["100"]
+        assert r["zoom"]["median_error_m"] < r["random"]["median_error_m"]
+    for protocol in ("photo", "area"):  # test photos beside training ones: retrieval learns too
+        r = results["protocols"][protocol]
+        assert r["retrieval"]["recall_at_1"]["100"] > r["random"]["recall_at_1"]["100"]
     assert (bench / "error_cdf.png").stat().st_size > 0
 
 
-def test_report_tables_every_figure_and_the_paper_margins(bench):
+def test_each_protocol_splits_its_own_city_folder_sharing_the_caches(bench):
+    meta = CityDir(bench / "city").read_metadata().set_index("image_id")
+    splits = {p: CityDir(bench / p / "city").read_split().set_index("image_id")["split"] for p in PROTOCOLS}
+    per_sequence = {p: meta.join(s)[["sequence_id", "split"]].groupby("sequence_id")["split"].nunique() for p, s in splits.items()}
+    assert (per_sequence["sequence"] == 1).all()  # whole captures go to one split
+    assert (per_sequence["photo"] > 1).any()  # photos drawn at random: captures are cut
+    for p in PROTOCOLS:
+        recorded = json.loads((bench / p / "city" / "split_areas.geojson").read_text())["split_config"]
+        assert recorded["by"] == p
+        assert (bench / p / "city" / "embeddings").resolve() == (bench / "city" / "embeddings").resolve()
+    assert not (bench / "city" / "split.csv").exists()
+    # One street cache for the 3 protocols × 2 models and the nearest-photo references.
+    assert len(list((bench / "city" / "embeddings").glob("street_*.h5"))) == 1
+
+
+def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
     results = json.loads((bench / "results.json").read_text())
     report = (bench / "report.md").read_text()
-    z, r = results["zoom"], results["retrieval"]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in report.splitlines() if line.startswith("| R@")}
-    assert len(rows) == len(RECALL_AT_1_M) + len(RECALL_AT_5_M) + 2  # + beam 4 at 50 and 100 m
-    assert rows["R@1 within 100 m, zoom with beam 4 (%)"][:2] == [f"{z['by_beam']['4']['recall_at_1']['100']:.1f}", "–"]
-    fifty = rows["R@1 within 50 m (%)"]
+    assert report.index("| **sequence** |") < report.index("| photo |") < report.index("| area |")  # the headline first, in bold
+    rows = {line.split("|")[1].strip(" *"): [c.strip() for c in line.split("|")[2:-1]] for line in report.splitlines() if line.startswith("| ")}
+    for protocol, r in results["protocols"].items():
+        z, ret = r["zoom"]["recall_at_1"], r["retrieval"]["recall_at_1"]
+        assert rows[protocol][2] == f"{z['50']:.1f} / {z['100']:.1f}"
+        assert rows[protocol][-1] == f"{z['50'] - ret['50']:+.1f} / {z['100'] - ret['100']:+.1f}"
+    assert rows["paper, DC (photo protocol)"][2:4] == ["66.3 / 80.9", "60.8 / 71.3 (Sample4Geo)"]
 
-    def cell(m: dict) -> str:  # the recall and its bootstrap interval
-        lo, hi = m["recall_at_1_ci95"]["50"]
-        assert lo <= m["recall_at_1"]["50"] <= hi
-        return f"{m['recall_at_1']['50']:.1f} ({lo:.1f}–{hi:.1f})"
-
-    assert fifty[:3] == [cell(z), cell(r), cell(results["nearest_photo"])]
-    assert fifty[4] == f"{z['recall_at_1']['50'] - r['recall_at_1']['50']:+.1f}" and fifty[5] == "+5.5"
-    assert rows["R@1 within 100 m (%)"][5] == "+9.6"
-    levels = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in report.splitlines() if line.startswith("| ")}
-    assert len(levels["free-running: path right down to this level (%)"]) == 2
-    assert [float(v) for v in levels["test photos whose cell holds training photos (%)"]] == pytest.approx(
-        results["test_cells_with_training_photos"], abs=0.05
-    )
-    for label in ("median error", "latency", "peak memory", "index build", "training time", "## Targets", "## Machine"):
+    sections = report.split("\n## ")
+    for protocol in PROTOCOLS:
+        (section,) = [s for s in sections if s.startswith(f"`{protocol}`: {MEASURES[protocol]}")]
+        r = results["protocols"][protocol]
+        table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines() if line.startswith("| ")}
+        fifty = table["R@1 within 50 m (%)"]
+        lo, hi = r["zoom"]["recall_at_1_ci95"]["50"]
+        assert lo <= r["zoom"]["recall_at_1"]["50"] <= hi and fifty[0] == f"{r['zoom']['recall_at_1']['50']:.1f} ({lo:.1f}–{hi:.1f})"
+        assert (fifty[-1] == "+5.5") == (protocol == "photo")  # the paper's margin next to the protocol it measured
+        assert len(table["test photos whose cell holds training photos (%)"]) == 2
+        targets = [line for line in section.splitlines() if line.startswith("- ")]
+        assert len(targets) == {"sequence": 4, "photo": 4, "area": 2}[protocol]
+        assert all(line.startswith(("- met: ", "- **not met**, short by ")) for line in targets)
+    for label in ("median error", "latency", "peak memory", "index build", "training time", "## Time and machine"):
         assert label in report
 
 
 def test_second_run_reuses_the_trained_models(bench, capsys):
-    stamps = {p: p.stat().st_mtime_ns for p in bench.glob("*/best.safetensors")}
+    stamps = {p: p.stat().st_mtime_ns for p in bench.glob("*/*/best.safetensors")}
+    first = json.loads((bench / "results.json").read_text())
     assert main(["benchmark", "--config", str(QUICK), "--out", str(bench), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "train zoom: already there" in out and "evaluate retrieval: already there" in out
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(stamps) == 2
+    assert "train zoom (sequence): already there" in out and "evaluate retrieval (area): already there" in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(stamps) == 6
     results = json.loads((bench / "results.json").read_text())
-    assert results["reused"] == ["city", "split", "pyramid", "train zoom", "evaluate zoom", "train retrieval", "evaluate retrieval"]
-    assert "reused from an earlier call: city, split, pyramid, train zoom" in (bench / "report.md").read_text()
+    assert results["reused"][:4] == ["city", "pyramid", "split by sequence", "train zoom (sequence)"] and len(results["reused"]) == 2 + 5 * 3
+    assert "reused from an earlier call: city, pyramid, split by sequence" in (bench / "report.md").read_text()
+    # The stages are still timed as the first call ran them, so the report times the whole benchmark.
+    assert results["stage_s"] == first["stage_s"] and len(first["stage_s"]) == len(results["reused"])
+    assert results["protocols"]["area"]["train_time_s"] == first["protocols"]["area"]["train_time_s"]
+
+
+def _config(tmp_path: Path, replace: dict[str, str]) -> Path:
+    """``bench_quick.yaml`` with its run configs at absolute paths and the given text replaced."""
+    text = QUICK.read_text().replace("quick/", f"{REPO / 'configs' / 'quick'}/")
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    config = tmp_path / "bench.yaml"
+    config.write_text(text)
+    return config
+
+
+AREA_ONLY = {"protocols: [sequence, photo, area]": "protocols: [area]"}
 
 
 def test_unequal_budgets_are_refused(tmp_path, capsys):
     unequal = tmp_path / "retrieval.yaml"
     unequal.write_text((REPO / "configs" / "quick" / "retrieval.yaml").read_text().replace("steps: 60", "steps: 61"))
-    config = tmp_path / "bench.yaml"
-    config.write_text(QUICK.read_text().replace("quick/", f"{REPO / 'configs' / 'quick'}/").replace(
-        f"retrieval: {REPO / 'configs' / 'quick'}/retrieval.yaml", f"retrieval: {unequal}"))
+    config = _config(tmp_path, {f"retrieval: {REPO / 'configs' / 'quick'}/retrieval.yaml": f"retrieval: {unequal}"})
     assert main(["benchmark", "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "same budget" in err and str(unequal) in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ({"protocols: [sequence, photo, area]": "protocols: [sequence, street]"}, "key 'protocols[1]' must be one of 'area', 'photo', 'sequence', got 'street'"),
+        ({"protocols: [sequence, photo, area]": "protocols: [area, area]"}, "protocols must be distinct"),
+        ({"seed: 0}": "seed: 0, by: photo}"}, "split.by: each protocol of `protocols` sets it"),
+    ],
+)
+def test_bad_protocols_are_refused(tmp_path, capsys, replace, message):
+    config = _config(tmp_path, replace)
+    assert main(["benchmark", "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(config) in err and "\n" not in err
 
 
 @pytest.fixture()
@@ -111,42 +166,46 @@ def borrowed_city(tiny_city, tmp_path) -> Path:
 
 
 def test_a_split_made_with_other_settings_is_refused_not_reused(borrowed_city, tmp_path, capsys):
-    """``--city`` with a split of other blocks would benchmark a split the config does not state."""
-    split_city(borrowed_city, SplitConfig(block_m=20.0, buffer_m=0.0, fractions=(0.7, 0.15, 0.15)))
-    before = (borrowed_city / "split.csv").read_bytes()
-    assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    """A protocol folder whose split has other blocks would benchmark a split the config does not state."""
+    out = tmp_path / "out"
+    area = CityDir(borrowed_city).sharing(out / "area" / "city")
+    split_city(area.root, SplitConfig(block_m=20.0, buffer_m=0.0, fractions=(0.7, 0.15, 0.15)))
+    before = area.split_csv.read_bytes()
+    config = _config(tmp_path, AREA_ONLY)
+    assert main(["benchmark", "--config", str(config), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert str(borrowed_city / "split.csv") in err and "block_m 20 (the config's: 10)" in err and "\n" not in err
-    assert (borrowed_city / "split.csv").read_bytes() == before and not (borrowed_city / "pyramid.h5").exists()
+    assert str(area.split_csv) in err and "block_m 20 (the config's: 10)" in err and "\n" not in err
+    assert area.split_csv.read_bytes() == before and not (out / "area" / "zoom").exists()
 
 
 def test_a_pyramid_built_with_other_settings_is_refused_not_reused(borrowed_city, tmp_path, capsys):
-    cfg = load_yaml(BenchmarkConfig, QUICK)
-    split_city(borrowed_city, cfg.split)  # the config's own split: reused
     build_pyramid(borrowed_city, PyramidSpec(k=4, levels=2, side_m=300.0, terminal_m=None, px=16), progress=False)
     stamp = (borrowed_city / "pyramid.h5").stat().st_mtime_ns
     assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert str(borrowed_city / "pyramid.h5") in err and "16 px" in err and "the config's 32 px" in err and "\n" not in err
     assert (borrowed_city / "pyramid.h5").stat().st_mtime_ns == stamp
-    assert not (tmp_path / "out" / "zoom").exists()  # refused before any training
+    assert not (tmp_path / "out" / "sequence").exists()  # refused before any split or training
 
 
 def test_any_city_folder_is_benchmarked_with_city(borrowed_city, tmp_path, capsys):
-    """``--city``: the given folder is split and pyramided in place, and nothing is generated."""
+    """``--city``: the given folder gets the pyramid in place, each protocol folder links to it, nothing is generated."""
     out = tmp_path / "out"
-    assert main(["benchmark", "--config", str(QUICK), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 0
+    config = _config(tmp_path, AREA_ONLY)
+    assert main(["benchmark", "--config", str(config), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["city"] == str(borrowed_city) and not (out / "city").exists()
-    cfg = load_yaml(BenchmarkConfig, QUICK)
-    assert json.loads((borrowed_city / "split_areas.geojson").read_text())["split_config"]["block_m"] == cfg.split.block_m
-    assert results["zoom"]["n_queries"] == results["random"]["n_queries"] > 0
+    assert results["city"] == str(borrowed_city) and not (out / "city").exists() and list(results["protocols"]) == ["area"]
+    assert (out / "area" / "city" / "pyramid.h5").resolve() == (borrowed_city / "pyramid.h5").resolve()
+    cfg = load_yaml(BenchmarkConfig, config)
+    assert json.loads((out / "area" / "city" / "split_areas.geojson").read_text())["split_config"]["block_m"] == cfg.split.block_m
+    assert not (borrowed_city / "split.csv").exists()  # the user's folder keeps its own split, if any
+    r = results["protocols"]["area"]
+    assert r["zoom"]["n_queries"] == r["random"]["n_queries"] == len(pd.read_csv(out / "area" / "zoom" / "test" / "errors.csv"))
 
     # Split anew (another seed, the config changed to match): the trained runs may have trained on
     # photos that are test photos now, so they are refused rather than reused.
-    (borrowed_city / "split.csv").unlink()
-    reseeded = tmp_path / "bench.yaml"
-    reseeded.write_text(QUICK.read_text().replace("seed: 0}", "seed: 1}").replace("quick/", f"{REPO / 'configs' / 'quick'}/"))
+    (out / "area" / "city" / "split.csv").unlink()
+    reseeded = _config(tmp_path, {**AREA_ONLY, "seed: 0}": "seed: 1}"})
     assert main(["benchmark", "--config", str(reseeded), "--city", str(borrowed_city), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert str(out / "zoom") in err and "another split" in err and "\n" not in err
+    assert str(out / "area" / "zoom") in err and "another split" in err and "\n" not in err

@@ -16,7 +16,7 @@ from zoomloc.cli import main
 from zoomloc.demo import DEMO_DIR_ENV, run_demo
 
 TINY_DEMO = REPO / "tests" / "data" / "demo_tiny.yaml"
-STAGES = ("city", "split", "pyramid", "model", "evaluation")
+STAGES = ("city", "pyramid", "split", "model", "evaluation")
 
 
 @pytest.fixture(scope="module")

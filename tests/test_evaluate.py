@@ -74,6 +74,28 @@ def test_recall_and_errors_agree_with_the_per_query_table(evaluated, tiny_city):
     assert m["median_error_m"] == pytest.approx(np.median(errors))
 
 
+def test_references_are_measured_on_the_same_photos(evaluated, trained_run, tiny_city, tmp_path):
+    """The random cell and the nearest training photo, beside the model: their recalls agree with their
+    per-query errors in errors.csv, and the nearest photo is left out where it would find itself."""
+    m = json.loads(evaluated.read_text())
+    table = pd.read_csv(evaluated.parent / "errors.csv", dtype={"image_id": str})
+    assert set(m["references"]) == {"nearest_photo", "random"}
+    for name, ref in m["references"].items():
+        assert ref["n_queries"] == m["n_queries"] and ref["split"] == "test"
+        for d, value in ref["recall_at_1"].items():
+            assert value == pytest.approx(100 * np.mean(table[f"{name}_error_m"] <= float(d)))
+    # tiny_city's test photos have training neighbours a few metres away (8 m blocks, no buffer).
+    assert m["references"]["nearest_photo"]["median_error_m"] < m["references"]["random"]["median_error_m"]
+
+    on_train = tmp_path / "train" / "metrics.json"
+    assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--split", "train", "--out", str(on_train), "--quiet"]) == 0
+    assert set(json.loads(on_train.read_text())["references"]) == {"random"}
+    bare = tmp_path / "bare" / "metrics.json"
+    assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--no-references", "--out", str(bare), "--quiet"]) == 0
+    assert "references" not in json.loads(bare.read_text())
+    assert list(pd.read_csv(bare.parent / "errors.csv").columns) == ["image_id", "true_lon", "true_lat", "pred_lon", "pred_lat", "error_m"]
+
+
 def test_bad_beam_is_a_user_error(trained_run, tiny_city, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--beam", "0", "--out", str(out)]) == 2
@@ -116,3 +138,23 @@ def test_recall_intervals_hold_the_estimate_and_narrow_with_more_queries():
     # 50 m of an exponential of mean 100 m: 39.3 % within; 20000 queries pin it to about ±0.7 points.
     lo, hi = many["recall_at_1_ci95"]["50"]
     assert lo < 100 * (1 - np.exp(-0.5)) < hi
+
+
+def test_intervals_resample_whole_captures_when_photos_come_in_them():
+    """28 captures of 50 photos each, every capture right or wrong as a whole: the recall is known to
+    ±9 points or so (28 draws), not to the ±2 points that 1400 independent photos would give."""
+    from zoomloc.metrics import summarize_errors
+
+    rng = np.random.default_rng(1)
+    captures = np.repeat(rng.permutation(28), 50)
+    errors = np.where((rng.random(28) < 0.4)[captures], 10.0, 500.0)
+    by_capture, by_photo = summarize_errors(errors, captures=captures), summarize_errors(errors)
+    assert by_capture["recall_at_1_ci95_resamples"] == "captures" and by_photo["recall_at_1_ci95_resamples"] == "queries"
+    width = {}
+    for name, m in (("capture", by_capture), ("photo", by_photo)):
+        lo, hi = m["recall_at_1_ci95"]["50"]
+        assert lo <= m["recall_at_1"]["50"] <= hi
+        width[name] = hi - lo
+    assert width["capture"] > 4 * width["photo"]
+    alone = summarize_errors(errors, captures=np.arange(len(errors)))  # each photo its own capture
+    assert alone["recall_at_1_ci95"] == by_photo["recall_at_1_ci95"] and alone["recall_at_1_ci95_resamples"] == "queries"

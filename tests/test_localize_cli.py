@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,7 @@ model:
   policy: {width: 128, layers: 2, heads: 4}
 train: {steps: 10, batch_size: 16, lr: 5.0e-4, warmup_steps: 5, val_every: 10, val_queries: 32, log_every: 10, workers: 0}
 """
-RECORD_KEYS = {"image", "lat", "lon", "cell_size_m", "probability", "path", "candidates", "error_m"}
+RECORD_KEYS = {"image", "lat", "lon", "cell_size_m", "probability", "path", "candidates", "error_m", "inside_map", "warnings"}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,42 @@ def test_json_gives_one_consistent_record_per_photo(run, tiny_city, photos, tmp_
         assert rec["probability"] == pytest.approx(np.prod([s["probability"] for s in rec["path"]]), rel=1e-5)
 
 
+@pytest.mark.realdata
+def test_a_photo_taken_off_the_map_is_answered_with_a_warning(run, tiny_city, photos, realdata, tmp_path, capsys):
+    """Real photos from Berlin and Lund against the tiny Zürich map: each answer says how far off the map
+    its EXIF GPS lies, the JSON says so in fields, and the map draws no error line to the far point.
+    A synthetic photo tagged with its own position is on the map and gets no warning."""
+    berlin, lund = realdata / "streetview" / "berlin" / "berlin_01.jpg", realdata / "streetview" / "lund" / "lund_01.jpg"
+    meta = pd.read_csv(tiny_city / "streetview" / "metadata.csv", dtype={"image_id": str}).set_index("image_id")
+    here = with_gps(photos[0], tmp_path / "here.jpg", *meta.loc[photos[0].stem, ["lon", "lat"]])
+    assert localize(run, tiny_city, berlin, lund, here, "--json") == 0
+    recs = {Path(r["image"]).name: r for r in records(capsys.readouterr().out)}
+    for name in ("berlin_01.jpg", "lund_01.jpg"):  # 669 and 980 km from Zürich
+        rec = recs[name]
+        (off_map,) = [w for w in rec["warnings"] if "outside the map" in w]  # (the barely trained model also guesses)
+        assert rec["inside_map"] is False
+        km = int(re.search(r"lies ([\d,]+) km outside the map", off_map).group(1).replace(",", ""))
+        assert 600 < km < 1000 and abs(km - rec["error_m"] / 1000) < 2  # the map is 400 m wide: as far as the answer
+    assert recs["here.jpg"]["inside_map"] is True and not any("outside the map" in w for w in recs["here.jpg"]["warnings"])
+
+    assert localize(run, tiny_city, berlin, "--map", tmp_path / "map.html") == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: its GPS position lies") == 1
+    html = (tmp_path / "map.html").read_text()
+    assert "L.polyline" not in html and "outside the map" in html
+
+
+def test_topk_defaults_to_the_beam_and_widens_it(run, tiny_city, photos, capsys):
+    """The candidates are the best paths of the beam: as many as --beam by default, and a --topk
+    above it widens the search rather than being cut to the beam."""
+    assert localize(run, tiny_city, photos[0], "--json", "--beam", "3") == 0
+    assert len(records(capsys.readouterr().out)[0]["candidates"]) == 3
+    assert localize(run, tiny_city, photos[0], "--json", "--beam", "2", "--topk", "6") == 0
+    narrow = records(capsys.readouterr().out)[0]["candidates"]
+    assert localize(run, tiny_city, photos[0], "--json", "--beam", "6", "--topk", "6") == 0
+    assert narrow == records(capsys.readouterr().out)[0]["candidates"] and len(narrow) == 6
+
+
 def test_exif_gps_sets_the_distance_to_the_prediction(run, tiny_city, photos, tmp_path, capsys):
     meta = pd.read_csv(tiny_city / "streetview" / "metadata.csv", dtype={"image_id": str}).set_index("image_id")
     true_lon, true_lat = meta.loc[photos[0].stem, ["lon", "lat"]]
@@ -174,3 +211,13 @@ def test_real_phone_photo_far_from_the_city(run, tiny_city, realdata, tmp_path, 
     (rec,) = records(capsys.readouterr().out)
     assert rec["error_m"] > 100_000
     assert abs(rec["lat"] - 47.3769) < 0.01 and abs(rec["lon"] - 8.5417) < 0.01  # inside the Zürich city
+
+
+def test_help_lists_the_commands_in_the_order_a_city_goes_through_them(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    order = ["synth-city", "import-photos", "split", "build-pyramid", "train", "embed", "evaluate", "localize", "benchmark", "demo"]
+    positions = [out.index(f"\n    {name}") for name in order]
+    assert positions == sorted(positions) and "'zoomloc demo'" in out

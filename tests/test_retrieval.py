@@ -170,8 +170,8 @@ def test_evaluate_writes_the_documented_metrics(retrieval_run, tiny_city, tmp_pa
     m = json.loads(out.read_text())
     assert m["model"] == "retrieval" and m["split"] == "test"
     assert set(m) == {
-        "model", "split", "n_queries", "recall_at_1", "recall_at_1_ci95", "recall_at_5", "median_error_m", "mean_error_m",
-        "latency_ms", "peak_rss_mb", "index_build_s", "pyramid",
+        "model", "split", "n_queries", "recall_at_1", "recall_at_1_ci95", "recall_at_1_ci95_resamples", "recall_at_5",
+        "median_error_m", "mean_error_m", "latency_ms", "peak_rss_mb", "index_build_s", "pyramid", "references",
     }  # fmt: skip
     assert list(m["recall_at_1"]) == ["25", "40", "50", "100"] and list(m["recall_at_5"]) == ["50", "100"]
     for d in ("50", "100"):

@@ -183,6 +183,7 @@ def test_shipped_configs_load():
     bench = SynthCityConfig.from_yaml(root / "bench.yaml")
     assert demo.size_m**2 <= 1.2e6 and demo.images >= 2000
     assert bench.size_m**2 >= 4e6 and bench.images >= 20000
+    assert demo.capture.mode == bench.capture.mode == "sequences"  # crowd-sourced, as the benchmark's protocols assume
 
 
 SEQUENCES = "capture: {{mode: sequences, photos_per_sequence: [15, 40], gps_sigma_m: {sigma}}}\n"

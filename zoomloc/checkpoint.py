@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 BEST = "best.safetensors"  # selected by validation Recall@1 within 50 m
 LAST = "last.safetensors"  # the latest, for --resume
 TRAIN_STATE = "train_state.pt"
+RUN_CONFIG = "config.yaml"  # the run's RunConfig, every key written out (zoomloc.train)
 
 
 def save_checkpoint(path: str | os.PathLike, model: Model, info: dict[str, Any] | None = None) -> None:

@@ -9,6 +9,7 @@
       split.csv                       image_id,split   (train|val|test; `zoomloc split`)
       split_areas.geojson             the areas of each split (`zoomloc split`)
       pyramid.h5                      (`zoomloc build-pyramid`)
+      embeddings/                     view and street caches (zoomloc.embeddings, zoomloc.street_cache)
 
 Commands accept a directory holding only the first three entries plus what they need; extra
 columns in metadata.csv are kept and ignored. Validation lives here, once, so that every
@@ -18,6 +19,7 @@ command reports a bad row the same way: ``metadata.csv: line 7: lat 95.0 is out 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +50,22 @@ def check_image_id(image_id: str) -> str | None:
     if not _SAFE_ID.match(image_id):
         return f"image_id {image_id!r} has characters other than letters, digits, '_', '-', '.'"
     return None
+
+
+def capture_codes(meta: pd.DataFrame) -> np.ndarray:
+    """Each photo's capture (``sequence_id``) as codes 0..n-1 in order of first appearance.
+
+    A photo without a ``sequence_id`` (no column, or an empty cell) is a capture of its own. The
+    ``sequence`` split deals captures whole, and intervals resample them, since photos of one
+    capture share a camera, light and streets and are not independent.
+    """
+    if "sequence_id" not in meta.columns:
+        return np.arange(len(meta))
+    ids = meta["sequence_id"].astype("string")
+    missing = ids.isna() | (ids.str.strip() == "")
+    keys = ids.where(~missing, "\0photo:" + meta["image_id"].astype("string"))
+    codes, _ = pd.factorize(keys)
+    return codes
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,24 @@ class CityDir:
     @property
     def pyramid_path(self) -> Path:
         return self.root / "pyramid.h5"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    def sharing(self, root: str | Path) -> CityDir:
+        """A city folder at ``root`` that shares this one's imagery, photos, pyramid and caches (relative
+        links) and holds a split of its own: one city under several split protocols, each an ordinary
+        city folder for every command, with the caches computed once for all.
+        """
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.embeddings_dir.mkdir(exist_ok=True)
+        for own in (self.satellite_dir, self.metadata_csv.parent, self.pyramid_path, self.embeddings_dir):
+            link = root / own.name
+            if not (link.is_symlink() or link.exists()):
+                link.symlink_to(os.path.relpath(own, root))
+        return CityDir(root)
 
     def image_path(self, image_id: str) -> Path:
         return self.images_dir / f"{image_id}.jpg"

@@ -84,7 +84,9 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from zoomloc.evaluate import evaluate_run
 
-    report = evaluate_run(args.city_dir, args.model, split=args.split, beam=args.beam, out=args.out, progress=not args.quiet)
+    report = evaluate_run(
+        args.city_dir, args.model, split=args.split, beam=args.beam, out=args.out, with_references=not args.no_references, progress=not args.quiet
+    )
     print(report.describe())
 
 
@@ -97,15 +99,16 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     from zoomloc.report import describe
     from zoomloc.viz import localization_map, save_map
 
-    if args.beam < 1 or args.topk < 1:
-        raise ZoomlocError(f"--beam and --topk must be at least 1, got --beam {args.beam} --topk {args.topk}")
+    topk = args.beam if args.topk is None else args.topk
+    if args.beam < 1 or topk < 1:
+        raise ZoomlocError(f"--beam and --topk must be at least 1, got --beam {args.beam} --topk {topk}")
     photos = _readable_photos(args.photos)
     if not photos:
         raise ZoomlocError(f"none of the {len(args.photos)} photos could be read")
     model, pyramid = _model_and_pyramid(args)
     loc = Localizer.load(model, pyramid, progress=not args.quiet)
     truths = [_exif_position(path) for path in photos]
-    results = loc.localize(photos, beam=args.beam, topk=args.topk, truths=truths)
+    results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths)
     for result in results:
         print(json.dumps(result.to_json()) if args.json else describe(result))
     if args.map is not None:
@@ -180,7 +183,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoomloc",
         description="Tell where a street-level photo was taken by zooming into a satellite map.",
-        epilog="Run 'zoomloc COMMAND --help' for a command's options and an example.",
+        epilog="New here? 'zoomloc demo' builds the embedded default city and model; 'zoomloc localize PHOTO'\n"
+        "then uses them. The commands are listed in the order a city goes through them.\n"
+        "Run 'zoomloc COMMAND --help' for a command's options and an example.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -199,24 +205,6 @@ def _build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command(
-        "build-pyramid",
-        _cmd_build_pyramid,
-        "Render the satellite tile pyramid (pyramid.h5) of a city directory from its GeoTIFFs.",
-        "zoomloc build-pyramid cities/demo --grid 4 --levels 3 --terminal-m 39 --px 128",
-    )
-    p.add_argument("city_dir", type=Path, help="city directory with satellite/*.tif")
-    p.add_argument("--grid", type=int, default=4, help="k: each cell splits into k×k children (default 4)")
-    p.add_argument("--levels", type=int, default=3, help="L: zoom decisions per query (default 3)")
-    p.add_argument("--terminal-m", type=float, default=39.0, help="terminal cell side in metres (default 39)")
-    p.add_argument("--side-m", type=float, default=None, help="region side in metres (overrides --terminal-m)")
-    p.add_argument("--px", type=int, default=128, help="pixels per side of each stored view (default 128)")
-    p.add_argument("--context", type=float, default=3.0, help="terminal context crop side / terminal cell side (default 3)")
-    p.add_argument(
-        "--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), help="centre the region on this lon/lat box (default: the imagery)"
-    )
-    p.add_argument("--out", type=Path, default=None, help="output file (default CITY_DIR/pyramid.h5)")
-
-    p = command(
         "synth-city",
         _cmd_synth_city,
         "Generate a synthetic city directory: an orthophoto GeoTIFF and street-level photos of the same 2.5D scene.",
@@ -228,6 +216,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-m", type=float, default=None, help="side of the city square in metres (default 2500)")
     p.add_argument("--gsd", type=float, default=None, help="orthophoto ground sampling distance, m/px (default 0.5)")
     p.add_argument("--images", type=int, default=None, help="number of street-level photos (default 20000)")
+
+    p = command(
+        "import-photos",
+        _cmd_import_photos,
+        "Import GPS-tagged photos (a folder, or a Mapillary-style CSV/GeoJSON) into a city directory.",
+        "zoomloc import-photos ~/photos --city cities/mytown",
+        progress=False,
+    )
+    p.add_argument("src", type=Path, help="folder of JPEG/PNG photos, or a CSV/GeoJSON of records beside their images")
+    p.add_argument("--city", type=Path, required=True, help="city directory to import into")
+    p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
 
     p = command(
         "split",
@@ -251,15 +250,22 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = command(
-        "import-photos",
-        _cmd_import_photos,
-        "Import GPS-tagged photos (a folder, or a Mapillary-style CSV/GeoJSON) into a city directory.",
-        "zoomloc import-photos ~/photos --city cities/mytown",
-        progress=False,
+        "build-pyramid",
+        _cmd_build_pyramid,
+        "Render the satellite tile pyramid (pyramid.h5) of a city directory from its GeoTIFFs.",
+        "zoomloc build-pyramid cities/demo --grid 4 --levels 3 --terminal-m 39 --px 128",
     )
-    p.add_argument("src", type=Path, help="folder of JPEG/PNG photos, or a CSV/GeoJSON of records beside their images")
-    p.add_argument("--city", type=Path, required=True, help="city directory to import into")
-    p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
+    p.add_argument("city_dir", type=Path, help="city directory with satellite/*.tif")
+    p.add_argument("--grid", type=int, default=4, help="k: each cell splits into k×k children (default 4)")
+    p.add_argument("--levels", type=int, default=3, help="L: zoom decisions per query (default 3)")
+    p.add_argument("--terminal-m", type=float, default=39.0, help="terminal cell side in metres (default 39)")
+    p.add_argument("--side-m", type=float, default=None, help="region side in metres (overrides --terminal-m)")
+    p.add_argument("--px", type=int, default=128, help="pixels per side of each stored view (default 128)")
+    p.add_argument("--context", type=float, default=3.0, help="terminal context crop side / terminal cell side (default 3)")
+    p.add_argument(
+        "--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), help="centre the region on this lon/lat box (default: the imagery)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output file (default CITY_DIR/pyramid.h5)")
 
     p = command(
         "train",
@@ -286,7 +292,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command(
         "evaluate",
         _cmd_evaluate,
-        "Measure a model on a split: Recall@1/@5 within d metres, errors, latency and memory (metrics.json).",
+        "Measure a model on a split: Recall@1/@5 within d metres, errors, latency and memory, beside the random cell and the nearest training photo (metrics.json).",
         "zoomloc evaluate cities/demo --model runs/demo --split test --beam 4 --out runs/demo/test/metrics.json",
     )
     p.add_argument("city_dir", type=Path, help="city directory with split.csv and pyramid.h5")
@@ -294,6 +300,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which photos (default test)")
     p.add_argument("--beam", type=int, default=1, help="beam width of a zoom model (1: greedy, as the paper)")
     p.add_argument("--out", type=Path, required=True, help="metrics.json to write; the CDF PNG and per-query CSV go beside it")
+    p.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the random-cell and nearest-training-photo references (the latter encodes every photo of a "
+        "city whose street cache the model did not build)",
+    )
 
     p = command(
         "localize",
@@ -306,19 +318,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, metavar="RUN_DIR", help=f"run folder or checkpoint ({default})")
     p.add_argument("--city", type=Path, default=None, metavar="CITY_DIR", help=f"city directory with pyramid.h5 ({default})")
     p.add_argument("--beam", type=int, default=4, help="beam width (default 4; 1: greedy)")
-    p.add_argument("--topk", type=int, default=5, help="candidates to report, at most --beam (default 5)")
+    p.add_argument("--topk", type=int, default=None, help="candidates to report (default: --beam); more than --beam widens the beam to --topk")
     p.add_argument("--json", action="store_true", help="one JSON object per photo and line on stdout, nothing else")
     p.add_argument("--map", type=Path, default=None, metavar="OUT.html", help="also write an interactive map of the results")
 
     p = command(
         "benchmark",
         _cmd_benchmark,
-        "Zoom vs contrastive retrieval on one city, same budget: split, pyramid, train both, evaluate, report.",
+        "Zoom vs contrastive retrieval on one city, same budget, under each split protocol: pyramid, splits, train both, evaluate, report.",
         "zoomloc benchmark --config configs/bench.yaml --out benchmarks/results/bench",
     )
     p.add_argument("--config", type=Path, required=True, help="benchmark config (configs/bench.yaml; configs/bench_quick.yaml: minutes)")
     p.add_argument("--city", type=Path, default=None, metavar="CITY_DIR", help="an existing city directory (default: generate the config's synthetic city under OUT/city)")
-    p.add_argument("--out", type=Path, required=True, help="output folder: runs, results.json, report.md, error_cdf.png")
+    p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<protocol>/ (city folder, runs), results.json, report.md, error_cdf.png")
 
     p = command(
         "demo",
@@ -340,7 +352,13 @@ class _Terminated(KeyboardInterrupt):
     """
 
 
+_terminations: list[int] = []  # SIGTERMs received by this process's command
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    """Unwind on SIGTERM. Recorded too: raised inside a C extension's callback (h5py converting a
+    buffer), the interrupt can reach :func:`main` re-raised as another exception."""
+    _terminations.append(signum)
     raise _Terminated
 
 
@@ -370,6 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"zoomloc {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(exc, _Terminated) else 130
+    except Exception:
+        if not _terminations:
+            raise
+        print(f"zoomloc {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

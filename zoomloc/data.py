@@ -22,7 +22,7 @@ import torchvision.transforms.v2 as T
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from zoomloc.citydir import CityDir
+from zoomloc.citydir import CityDir, capture_codes
 from zoomloc.encoders import ViewTransforms
 from zoomloc.errors import InputError
 from zoomloc.grid import ZoomGrid
@@ -87,6 +87,7 @@ class Samples:
     paths: np.ndarray  # [N, L] int64 action paths of the terminal cells
     offsets: np.ndarray  # [N, 2] float32 (dx east, dy south) in terminal-cell sides, in [-0.5, 0.5)
     outside: int  # photos of the split dropped because they lie outside the grid's region
+    captures: np.ndarray  # [N] capture (sequence) codes: what an interval resamples (citydir.capture_codes)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -97,7 +98,7 @@ class Samples:
         meta = city.read_metadata()
         ids = city.read_split()
         ids = ids.loc[ids["split"] == split, "image_id"]
-        meta = meta.set_index("image_id").loc[lambda m: m.index.isin(set(ids))]
+        meta = meta.assign(capture=capture_codes(meta)).set_index("image_id").loc[lambda m: m.index.isin(set(ids))]
         if meta.empty:
             raise InputError(f"no photo of the {split!r} split", city.split_csv)
         x, y = grid.to_xy(meta["lon"].to_numpy(), meta["lat"].to_numpy())
@@ -117,6 +118,7 @@ class Samples:
             paths=grid.path_of_rowcol(rows, cols, grid.levels),
             offsets=offsets.astype(np.float32),
             outside=int((~inside).sum()),
+            captures=meta["capture"].to_numpy(),
         )
 
     def subset(self, n: int, seed: int = 0) -> Samples:
@@ -132,6 +134,7 @@ class Samples:
             self.paths[idx],
             self.offsets[idx],
             self.outside,
+            self.captures[idx],
         )
 
 

@@ -2,19 +2,26 @@
 
 Accuracy is measured on every photo of the split, batched; latency on single queries (photo
 decoding, street encoder, decoding), as a user would see it. Writes ``metrics.json`` (the
-schema below), ``errors.csv`` (one row per query) and ``error_cdf.png`` beside it::
+schema below), ``errors.csv`` (one row per query, the references' errors beside the model's) and ``error_cdf.png``
+beside it::
 
     {"model": "zoom" | "retrieval", "split": "test", "n_queries": N,
      "beam": B,                         # zoom only
      "recall_at_1": {"25": %, "40": %, "50": %, "100": %}, "recall_at_5": {"50": %, "100": %},
-     "recall_at_1_ci95": {"25": [low %, high %], ...},  # 95 % bootstrap interval over the queries
+     "recall_at_1_ci95": {"25": [low %, high %], ...},  # 95 % bootstrap interval, resampling
+     "recall_at_1_ci95_resamples": "captures" | "queries",  # whole captures where photos share one
      "median_error_m": m, "mean_error_m": m,
      "step_accuracy": [%, ...],         # zoom only: free-running, per level
      "by_beam": {"1": {"recall_at_1": {...}, "median_error_m": m}, "4": {...}},  # zoom only
      "teacher_forced": {"step_accuracy": [%, ...], "true_child_rank": [r, ...]},  # zoom only
      "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
-     "index_build_s": s}      # embedding every pyramid view (as timed when the view cache was made;
+     "index_build_s": s,      # embedding every pyramid view (as timed when the view cache was made;
                               # retrieval: plus building its database)
+     "references": {"nearest_photo": {...}, "random": {...}}}  # zoomloc.references, same photos; the
+                              # nearest photo not on the train split
+
+The references put the model's figures in context: the random cell is the floor, the nearest
+training photo the rival that needs no map (:mod:`zoomloc.references`).
 
 ``metrics.json`` is written last: where it exists, the other two are complete.
 
@@ -47,6 +54,7 @@ from zoomloc.grid import geodesic_m
 from zoomloc.localization import Localization
 from zoomloc.localize import DECODE_CHUNK, Localizer
 from zoomloc.metrics import RECALL_AT_1_M, summarize_errors
+from zoomloc.references import cache_views_of_run, references
 from zoomloc.street_cache import StreetCache
 
 LATENCY_QUERIES = 100  # single queries timed (after a few warm-ups); accuracy uses all
@@ -84,6 +92,11 @@ class EvalReport:
                 f"            from the true parent: {', '.join(f'{a:.1f}%' for a in tf['step_accuracy'])} "
                 f"(true child's mean rank {ranks})"
             )
+        for name, ref in m.get("references", {}).items():
+            lines.append(
+                f"  {name.replace('_', ' ') + ':':<14} R@1 within 50 / 100 m {ref['recall_at_1']['50']:.1f} / "
+                f"{ref['recall_at_1']['100']:.1f}%, median error {ref['median_error_m']:.1f} m (reference)"
+            )
         return "\n".join(
             [
                 *([f"warning: {self.warning}"] if self.warning else []),
@@ -102,9 +115,11 @@ def evaluate_run(
     split: str = "test",
     beam: int = 1,
     out: str | os.PathLike,
+    with_references: bool = True,
     progress: bool = True,
 ) -> EvalReport:
-    """Evaluate the model of ``model`` (run folder or checkpoint) on ``split`` of ``city_dir``."""
+    """Evaluate the model of ``model`` (run folder or checkpoint) on ``split`` of ``city_dir``, and the
+    references (:mod:`zoomloc.references`) on the same photos unless ``with_references`` is off."""
     if beam < 1:
         raise InputError(f"--beam must be at least 1, got {beam}")
     city = CityDir(city_dir)
@@ -125,6 +140,11 @@ def evaluate_run(
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["index_build_s"] = loc.index_build_s
     metrics["pyramid"] = pyramid_identity(city.pyramid_path)
+    reference_errors: dict[str, np.ndarray] = {}
+    if with_references:
+        metrics["references"], reference_errors = references(
+            city, loc.model.grid, loc.model.encoders, samples, split=split, cache_views=cache_views_of_run(model), workers=2, progress=progress
+        )
     warning = split_warning(read_info(model), city, split)
 
     table = pd.DataFrame(
@@ -135,11 +155,12 @@ def evaluate_run(
             "pred_lon": [r.lon for r in best],
             "pred_lat": [r.lat for r in best],
             "error_m": errors,
+            **{f"{name}_error_m": e for name, e in reference_errors.items()},
         }
     )
     with atomic_path(out.parent / "errors.csv") as tmp:
         table.to_csv(tmp, index=False)
-    plot_error_cdf({metrics["model"]: errors}, out.parent / "error_cdf.png")
+    plot_error_cdfs({"": {metrics["model"]: errors, **{name.replace("_", " "): e for name, e in reference_errors.items()}}}, out.parent / "error_cdf.png")
     write_text(out, json.dumps(metrics, indent=2) + "\n")
     return EvalReport(metrics, out, warning)
 
@@ -192,7 +213,7 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     top5_errors = np.array(
         [geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat) for r in top5]
     )
-    metrics = summarize_errors(errors, top5_errors)
+    metrics = summarize_errors(errors, top5_errors, samples.captures)
     if loc.model.cfg.kind == "zoom":
         paths = np.array([r.actions for r in best])
         metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
@@ -266,24 +287,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def plot_error_cdf(errors: dict[str, np.ndarray], png: Path) -> None:
-    """Cumulative share of queries within each error, one curve per model, thresholds marked."""
+def plot_error_cdfs(panels: dict[str, dict[str, np.ndarray]], png: Path) -> None:
+    """Cumulative share of queries within each error: a panel per title of ``panels``, a curve per
+    model of the panel, thresholds marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, e in errors.items():
-        e = np.sort(np.asarray(e))
-        ax.step(np.maximum(e, 0.1), np.arange(1, len(e) + 1) / len(e) * 100, where="post", label=name)
-    for d in RECALL_AT_1_M:
-        ax.axvline(d, color="grey", lw=0.6, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("error (m, geodesic)")
-    ax.set_ylabel("queries within error (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, errors) in zip(axes[0], panels.items()):
+        for name, e in errors.items():
+            e = np.sort(np.asarray(e))
+            ax.step(np.maximum(e, 0.1), np.arange(1, len(e) + 1) / len(e) * 100, where="post", label=name)
+        for d in RECALL_AT_1_M:
+            ax.axvline(d, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("error (m, geodesic)")
+        ax.set_ylabel("queries within error (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

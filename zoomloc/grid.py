@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+import shapely.ops
 from pyproj import CRS, Geod, Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
@@ -338,6 +339,14 @@ class ZoomGrid:
     def region_polygon_lonlat(self):
         """The whole region as a WGS84 shapely polygon."""
         return self.polygons_lonlat(np.zeros((1, 0), dtype=np.int64))[0]
+
+    def outside_m(self, lon: float, lat: float) -> float:
+        """How far (geodesic metres) a point lies outside the region; 0 inside. Measured to the region's
+        nearest edge point in lon/lat, which is close enough to tell a neighbour from another country."""
+        if self.contains_lonlat(lon, lat):
+            return 0.0
+        edge, _ = shapely.ops.nearest_points(self.region_polygon_lonlat().exterior, shapely.Point(lon, lat))
+        return float(geodesic_m(edge.x, edge.y, lon, lat))
 
 
 def _as_float(v) -> np.ndarray:

@@ -40,7 +40,9 @@ class Localization:
     ``lon``/``lat`` is the best candidate's position (the terminal cell's centre, refined inside
     the cell when the model has a refinement head); ``path`` the decisions that led there;
     ``candidates`` the top-k terminal cells, best first (``candidates[0]`` is the answer).
-    ``true_lon``/``true_lat`` are set when the photo's position is known (EXIF GPS or metadata).
+    ``true_lon``/``true_lat`` are set when the photo's position is known (EXIF GPS or metadata);
+    ``inside_map`` then says whether it lies on the map at all (a model can only answer with a
+    place on its map). ``warnings`` are the reasons to doubt the answer, one sentence each.
     """
 
     image: str
@@ -52,6 +54,8 @@ class Localization:
     candidates: tuple[Candidate, ...]
     true_lon: float | None = None
     true_lat: float | None = None
+    inside_map: bool | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def actions(self) -> tuple[int, ...]:
@@ -81,4 +85,6 @@ class Localization:
             "path": [{"level": s.level, "cell": s.cell, "probability": s.probability} for s in self.path],
             "candidates": [{"lat": c.lat, "lon": c.lon, "probability": c.probability} for c in self.candidates],
             "error_m": self.error_m,
+            "inside_map": self.inside_map,
+            "warnings": list(self.warnings),
         }

@@ -3,7 +3,7 @@
 ::
 
     loc = Localizer.load("runs/demo", pyramid="cities/demo/pyramid.h5")
-    for r in loc.localize(["photo.jpg"], beam=4, topk=5):
+    for r in loc.localize(["photo.jpg"], beam=4, topk=4):
         print(r.lat, r.lon, r.probability)
 
 Satellite view embeddings come from a cache beside the pyramid (computed on first use for the
@@ -28,6 +28,7 @@ from zoomloc.beam import BeamResult, beam_search
 from zoomloc.checkpoint import load_model
 from zoomloc.data import load_photo
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings
+from zoomloc.confidence import guess_warning
 from zoomloc.grid import ZoomGrid
 from zoomloc.localization import Candidate, Localization, Step
 from zoomloc.model import Model, ZoomModel
@@ -47,6 +48,16 @@ def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None =
     return grid.to_lonlat(x, y)
 
 
+def off_map_warning(grid: ZoomGrid, outside_m: float) -> str:
+    """Why an answer says nothing for a photo whose known position is ``outside_m`` metres off the map."""
+    lon, lat = grid.region_polygon_lonlat().centroid.coords[0]
+    far = f"{outside_m / 1000:,.0f} km" if outside_m >= 10_000 else f"{outside_m:,.0f} m"
+    return (
+        f"its GPS position lies {far} outside the map ({grid.side_m / 1000:g} km square around lat {lat:.4f}, lon {lon:.4f}): "
+        "the answer is the map's closest match, not where the photo was taken"
+    )
+
+
 def decode(model: ZoomModel, street_emb: Tensor, sat: SatEmbeddings, beam: int = 1, topk: int = 1) -> list[BeamResult]:
     """Free-running decoding of street embeddings ``[Q, D]`` (beam 1: greedy)."""
     return beam_search(model.policy, street_emb, sat.of_paths, beam=beam, topk=topk)
@@ -62,10 +73,13 @@ def predicted_positions(model: Model, results: list[BeamResult]) -> tuple[np.nda
 class Localizer:
     """A trained model (zoom or retrieval) bound to a city's pyramid and its cached view embeddings."""
 
-    def __init__(self, model: Model, sat: SatEmbeddings, device: torch.device | str = "cpu"):
+    def __init__(self, model: Model, sat: SatEmbeddings, device: torch.device | str = "cpu", guess_factor: float | None = None):
         """``sat`` needs the tables the model reads (its ``sat_prefixes``); a retrieval model's
-        database is built from them here, after which only a zoom model keeps them."""
+        database is built from them here, after which only a zoom model keeps them. A zoom model's
+        ``guess_factor`` (:mod:`zoomloc.confidence`, calibrated when it was selected) makes answers
+        no surer than a guess carry a warning."""
         self.model = model.to(device).eval()
+        self.guess_factor = guess_factor if isinstance(model, ZoomModel) else None
         self.device = torch.device(device)
         self.transforms = model.encoders.transforms()
         start = time.perf_counter()
@@ -85,11 +99,11 @@ class Localizer:
         progress: bool = True,
     ) -> Localizer:
         """A run folder (or checkpoint) and the pyramid it zooms over (built for the same grid)."""
-        model, _ = load_model(model_path, device)
+        model, info = load_model(model_path, device)
         with PyramidReader(pyramid) as pyr:
             pyr.check_grid(model.grid)
             sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.sat_prefixes, progress=progress)
-        return cls(model, sat, device)
+        return cls(model, sat, device, guess_factor=info.get("val", {}).get("guess_factor"))
 
     @torch.no_grad()
     def embed_photos(self, images: Sequence[str | os.PathLike | Image.Image]) -> Tensor:
@@ -106,7 +120,7 @@ class Localizer:
         images: Sequence[str | os.PathLike | Image.Image],
         *,
         beam: int = 4,
-        topk: int = 5,
+        topk: int = 4,
         truths: Sequence[tuple[float, float] | None] | None = None,
     ) -> list[Localization]:
         """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error."""
@@ -116,14 +130,15 @@ class Localizer:
     def search(self, street_emb: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
         """The best terminal cells of each query ``[Q, D]``, best first.
 
-        A zoom model's are the ``min(topk, beam)`` best paths of a beam search; a retrieval
-        model's the ``topk`` most similar cells of an exact search (``beam`` does not apply).
+        A zoom model's are the ``topk`` best paths of a beam search of width ``max(beam, topk)``:
+        a search keeps only ``beam`` paths, so asking for more candidates widens it. A retrieval
+        model's are the ``topk`` most similar cells of an exact search (``beam`` does not apply).
         Both go by chunks of queries, so memory does not grow with their number.
         """
         if self.database is not None:
             return self.database.search(street_emb, topk)
         chunks = street_emb.split(DECODE_CHUNK)
-        return [r for chunk in chunks for r in decode(self.model, chunk, self.sat, beam=beam, topk=min(topk, beam))]
+        return [r for chunk in chunks for r in decode(self.model, chunk, self.sat, beam=max(beam, topk), topk=topk)]
 
     @torch.no_grad()
     def localize_embeddings(
@@ -132,7 +147,7 @@ class Localizer:
         names: Sequence[str],
         *,
         beam: int = 4,
-        topk: int = 5,
+        topk: int = 4,
         truths: Sequence[tuple[float, float] | None] | None = None,
     ) -> list[Localization]:
         """Localize from precomputed street embeddings ``[N, D]`` (see :meth:`search`)."""
@@ -152,6 +167,8 @@ class Localizer:
                 for j in range(len(paths))
             )
             truth = truths[i] if truths is not None else None
+            outside_m = None if truth is None else grid.outside_m(*truth)
+            guess = None if self.guess_factor is None else guess_warning(steps[0].probability, self.guess_factor, grid.k**2)
             out.append(
                 Localization(
                     image=names[i],
@@ -163,6 +180,8 @@ class Localizer:
                     candidates=candidates,
                     true_lon=None if truth is None else float(truth[0]),
                     true_lat=None if truth is None else float(truth[1]),
+                    inside_map=None if outside_m is None else outside_m == 0,
+                    warnings=tuple(w for w in (outside_m and off_map_warning(grid, outside_m), guess) if w),
                 )
             )
         return out

@@ -1,8 +1,9 @@
 """Localizations as text for a person at a terminal (``zoomloc localize`` without ``--json``).
 
 One block per photo: the answer first (lat, lon in the order people paste into a map search),
-how coarse and how sure it is, the distance to the photo's own GPS when it has one, then the
-alternatives the beam kept, so that a doubtful answer shows where else the photo may be::
+how coarse and how sure it is, the distance to the photo's own GPS when it has one, the warnings
+(a photo taken off the map, an answer no surer than a guess), then the alternatives the beam
+kept, so that a doubtful answer shows where else the photo may be::
 
     photos/dom.jpg
       lat 52.518917  lon 13.400294  (25 m cell, probability 0.42)
@@ -21,6 +22,7 @@ def describe(loc: Localization, truth: str = "EXIF GPS") -> str:
     lines = [loc.image, f"  {_position(loc.lat, loc.lon)}  ({loc.cell_size_m:.0f} m cell, probability {_p(loc.probability)})"]
     if loc.error_m is not None:
         lines.append(f"  distance to {truth}: {loc.error_m:,.0f} m")
+    lines += [f"  warning: {w}" for w in loc.warnings]
     alternatives = loc.candidates[1:]
     if alternatives:
         lines.append("  alternatives:")

@@ -2,7 +2,7 @@
 
 Every output is written atomically, so an existing file is a complete one: a pipeline that was
 interrupted, or is run a second time, redoes only what is missing. The stages a city needs
-(generate, split, build the pyramid) and a model needs (train, resuming an interrupted run) are
+(generate, build the pyramid, split) and a model needs (train, resuming an interrupted run) are
 here once for both pipelines.
 """
 
@@ -56,20 +56,23 @@ class Stages:
         self.report.append(f"{name}: {self.seconds[name]:.1f} s\n  " + result.describe().replace("\n", "\n  "))
         return result
 
-    def city(self, city: CityDir, synth_config: Path | None, split: SplitConfig, pyramid: PyramidSpec, progress: bool) -> None:
-        """Generate the city from ``synth_config`` (if it has no photos yet), split it, build its pyramid."""
+    def city(self, city: CityDir, synth_config: Path | None, pyramid: PyramidSpec, progress: bool) -> None:
+        """Generate the city from ``synth_config`` (if it has no photos yet) and build its pyramid."""
         if synth_config is not None:
             self.run(
                 "city",
                 city.metadata_csv.is_file(),
                 lambda: synth_city(city.root, SynthCityConfig.from_yaml(synth_config), progress=progress),
             )
-        self.run("split", _reusable(city.split_csv, lambda: config_mismatch(city.root, split)), lambda: split_city(city.root, split))
         self.run(
             "pyramid",
             _reusable(city.pyramid_path, lambda: spec_mismatch(city.pyramid_path, pyramid, city.root)),
             lambda: build_pyramid(city.root, pyramid, progress=progress),
         )
+
+    def split(self, city: CityDir, split: SplitConfig, name: str = "split") -> None:
+        """Split the city's photos, unless a split with these settings is there (one with others is refused)."""
+        self.run(name, _reusable(city.split_csv, lambda: config_mismatch(city.root, split)), lambda: split_city(city.root, split))
 
     def model(self, name: str, city: CityDir, run_config: Path, out: Path, progress: bool) -> TrainSummary | None:
         """Train ``out`` from ``run_config`` unless a finished run is there; an interrupted one resumes.

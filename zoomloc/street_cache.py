@@ -178,7 +178,7 @@ def street_cache(
 ) -> StreetCache:
     """The city's street cache for ``encoders``' trunk: read if built, else built (or resumed) first."""
     spec = StreetCacheSpec.of(encoders, city, augment, views, seed)
-    path = city.root / "embeddings" / f"street_{spec.key}.h5"
+    path = city.embeddings_dir / f"street_{spec.key}.h5"
     if not path.is_file():
         build_street_cache(path, spec, encoders, city, workers=workers, progress=progress)
     return StreetCache(path)

@@ -42,9 +42,10 @@ from tqdm import tqdm
 
 from zoomloc import distributed
 from zoomloc.atomic import atomic_path, write_text
-from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
+from zoomloc.checkpoint import BEST, LAST, RUN_CONFIG, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
 from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
+from zoomloc.confidence import calibrate_guess_factor
 from zoomloc.data import AugmentConfig, NeighbourOrder, Samples, StepBatches, StreetDataset, quiet_on_sigterm
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings, compute_embeddings
 from zoomloc.errors import InputError
@@ -57,7 +58,6 @@ from zoomloc.retrieval import info_nce
 from zoomloc.rollout import rollout, rollout_share
 from zoomloc.street_cache import StreetCache, street_cache, variant_of
 
-CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CURVE = "curve.png"
 
@@ -168,9 +168,9 @@ class _Trainer:
 
     def __init__(self, city: CityDir, cfg: RunConfig, out: Path, run: distributed.Dist, resume: bool, progress: bool):
         if resume:
-            if not (out / CONFIG).is_file():
-                raise InputError(f"nothing to resume: no {CONFIG}", out)
-            cfg = load_run_config(out / CONFIG)
+            if not (out / RUN_CONFIG).is_file():
+                raise InputError(f"nothing to resume: no {RUN_CONFIG}", out)
+            cfg = load_run_config(out / RUN_CONFIG)
             state = load_train_state(out / TRAIN_STATE)  # refused before any work, not after
         elif (out / LAST).exists():
             raise InputError("holds a training run already; use --resume to continue it or another --out", out)
@@ -199,7 +199,7 @@ class _Trainer:
             self._restore(state)
         elif run.main:
             out.mkdir(parents=True, exist_ok=True)
-            write_text(out / CONFIG, yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
+            write_text(out / RUN_CONFIG, yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
             if run.world > 1
@@ -394,7 +394,11 @@ class _Trainer:
         sat = self.sat_cache if self.sat_cache is not None else self._sat_embeddings()
         loc = Localizer(self.model, sat, self.run.device)
         street = street_embeddings(loc, samples, workers=self.tc.workers, cache=self.street_cache)
-        _, metrics = accuracy(loc, street, samples, beam=1)
+        results, metrics = accuracy(loc, street, samples, beam=1)
+        if self.model.cfg.kind == "zoom":  # stored with a selected checkpoint: when localize warns of a guess
+            first = [r.path[0] for r in results]
+            right = np.array([r.actions[0] for r in results]) == samples.paths[:, 0]
+            metrics["guess_factor"] = calibrate_guess_factor(np.array([s.probability for s in first]), right, self.model.grid.k**2)
         return metrics
 
     def _validate_and_save(self) -> None:

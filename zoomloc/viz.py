@@ -190,11 +190,14 @@ def _add_candidates(group: folium.FeatureGroup, grid: ZoomGrid, loc: Localizatio
 
 
 def _add_prediction_and_truth(predicted: folium.FeatureGroup, truth: folium.FeatureGroup, loc: Localization) -> None:
-    """The predicted point; the true one, when known, with a line labelled by the geodesic error."""
+    """The predicted point, its warnings in its tooltip; the true one, when known and on the map, with a
+    line labelled by the geodesic error (a line to a point hundreds of kilometres off the map would only
+    pull the eye off it)."""
     about = f"p={loc.probability:.2f}, cell {loc.cell_size_m:.0f} m"
-    _point(loc.lat, loc.lon, _PREDICTED, f"{loc.image} — predicted {loc.lat:.6f}, {loc.lon:.6f} ({about})").add_to(predicted)
+    text = f"{loc.image} — predicted {loc.lat:.6f}, {loc.lon:.6f} ({about})" + "".join(f". Warning: {w}" for w in loc.warnings)
+    _point(loc.lat, loc.lon, _PREDICTED, text).add_to(predicted)
     error_m = loc.error_m
-    if error_m is None:
+    if error_m is None or loc.inside_map is False:
         return
     line = [[loc.lat, loc.lon], [loc.true_lat, loc.true_lon]]
     label = _tooltip(f"{error_m:.0f} m", permanent=True)

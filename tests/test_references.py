@@ -1,0 +1,52 @@
+"""The references: the random cell, and the nearest photo (a query takes the position of its most similar training photo)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from zoomloc.checkpoint import BEST, RUN_CONFIG, load_model
+from zoomloc.citydir import CityDir
+from zoomloc.data import AugmentConfig, Samples
+from zoomloc.encoders import EncoderConfig, build_encoder
+from zoomloc.embeddings import weights_fingerprint
+from zoomloc.references import cache_views_of_run, frozen_copy, nearest_photo_metrics, random_cell_metrics
+from zoomloc.train import load_run_config
+from zoomloc.pyramid import PyramidReader
+
+ENCODER = EncoderConfig(street_size=(32, 64), freeze="all_but_last_1")  # the reference freezes it all
+
+
+def test_nearest_photo_reference(tiny_city):
+    city = CityDir(tiny_city)
+    with PyramidReader(city.pyramid_path) as pyr:
+        grid = pyr.grid
+    train, val = Samples.from_city(city, "train", grid), Samples.from_city(city, "val", grid)
+    # A training photo's best match is itself: the answer is its own recorded position.
+    _, errors = nearest_photo_metrics(city, build_encoder(ENCODER), train, train.subset(40))
+    assert np.mean(errors < 1e-6) >= 0.95
+    metrics, errors = nearest_photo_metrics(city, build_encoder(ENCODER), train, val, split="val")
+    assert metrics["model"] == "nearest photo" and metrics["n_queries"] == len(val) == len(errors)
+    floor, _ = random_cell_metrics(val, grid, seed=0)
+    # tiny_city's val photos have training neighbours a few metres away (8 m blocks, no buffer).
+    assert metrics["recall_at_1"]["25"] > 4 * max(floor["recall_at_1"]["25"], 1.0)
+    assert metrics["recall_at_5"]["100"] >= metrics["recall_at_1"]["100"]
+
+
+def test_the_nearest_photo_reads_the_street_cache_its_run_trained_with(trained_run):
+    """``zoomloc evaluate`` names the cache from the run's config.yaml, so that no photo is encoded again."""
+    train = load_run_config(trained_run / RUN_CONFIG).train
+    assert cache_views_of_run(trained_run) == (train.augment, train.cache_views, train.seed)
+    assert cache_views_of_run(trained_run / BEST) == (AugmentConfig(), 0, 0)  # a bare checkpoint: plain crops
+
+
+def test_the_reference_freezes_the_models_own_weights(trained_run):
+    """A checkpoint's config names no weights file (they are in the checkpoint): the reference must
+    not rebuild a randomly initialised encoder from it, but freeze the model's own, whose trunk
+    is the one training cached."""
+    model, _ = load_model(trained_run)
+    assert model.cfg.encoder.weights == "none"
+    trained = load_run_config(trained_run / RUN_CONFIG).model.encoder
+    expected = build_encoder(dataclasses.replace(trained, freeze="all", sat_freeze="all"))
+    assert weights_fingerprint(frozen_copy(model.encoders).street_cut.trunk) == weights_fingerprint(expected.street_cut.trunk)
