@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # them offline); other versions would download gigabytes.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all install clean-demo
+.PHONY: demo test test-all notebook install clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTEST)
+
+# The notebook on the embedded default, top to bottom (a copy under out/demo keeps its outputs;
+# open it there in Jupyter).
+notebook: demo
+	cp notebooks/localize_demo.ipynb out/demo/localize_demo.ipynb
+	$(BIN)/jupyter execute --inplace out/demo/localize_demo.ipynb
 
 clean-demo:
 	rm -rf out/demo

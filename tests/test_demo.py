@@ -7,6 +7,7 @@ All on a demo small enough for the tests (``tests/data/demo_tiny.yaml``: the sam
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from zoomloc.cli import main
 from zoomloc.demo import DEMO_DIR_ENV, run_demo
 
 TINY_DEMO = REPO / "tests" / "data" / "demo_tiny.yaml"
-STAGES = ("city", "pyramid", "split", "model", "evaluation")
+STAGES = ("city", "pyramid", "split", "model", "retrieval model", "evaluation", "retrieval evaluation")
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,13 @@ def test_demo_builds_evaluates_and_localizes_held_out_photos(demo):
     assert metrics["split"] == "test" and metrics["n_queries"] > 0
     evaluation = report[STAGES.index("evaluation")]
     assert f"{metrics['recall_at_1']['50']:5.1f}%" in evaluation  # the printed R@1 is the evaluation's
+    # Then the zoom beside the retrieval baseline and the two references, on the same photos.
+    rows = [re.match(r"  (\D+?) +([\d.]+) / +([\d.]+) / +([\d.]+) %", line).groups() for line in report[len(STAGES)].splitlines()[1:]]
+    retrieval = json.loads((out / "retrieval" / "test" / "metrics.json").read_text())
+    expected = {"zoom": metrics, "retrieval": retrieval, **{n.replace("_", " "): m for n, m in metrics["references"].items()}}
+    assert [name for name, *_ in rows] == ["zoom", "retrieval", "nearest photo", "random"]
+    for name, *recalls in rows:
+        assert recalls == [f"{expected[name]['recall_at_1'][d]:.1f}" for d in ("25", "50", "100")]
     shown = report[-1]
     assert shown.count("distance to the true position") == 3  # `show: 3` held-out photos
     html = (out / "map.html").read_text()
@@ -77,6 +85,7 @@ def test_notebook_runs_top_to_bottom(demo, monkeypatch):
     nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    assert not [o["text"] for o in outputs if o.output_type == "stream" and o["name"] == "stderr"]  # no warning either
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("leaflet" in h.lower() for h in html)  # the folium map, inline
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # photos vs cells, error CDF

@@ -15,6 +15,7 @@ from PIL import Image
 from PIL.ExifTags import GPS, IFD
 
 from data_prep.exif import read_gps
+from zoomloc.checkpoint import read_info
 from zoomloc.cli import main
 from zoomloc.grid import geodesic_m
 
@@ -106,7 +107,8 @@ def test_json_gives_one_consistent_record_per_photo(run, tiny_city, photos, tmp_
 def test_a_photo_taken_off_the_map_is_answered_with_a_warning(run, tiny_city, photos, realdata, tmp_path, capsys):
     """Real photos from Berlin and Lund against the tiny Zürich map: each answer says how far off the map
     its EXIF GPS lies, the JSON says so in fields, and the map draws no error line to the far point.
-    A synthetic photo tagged with its own position is on the map and gets no warning."""
+    A synthetic photo tagged with its own position is on the map and gets no such warning. An answer
+    whose first step is below the model's calibrated guess level says that too."""
     berlin, lund = realdata / "streetview" / "berlin" / "berlin_01.jpg", realdata / "streetview" / "lund" / "lund_01.jpg"
     meta = pd.read_csv(tiny_city / "streetview" / "metadata.csv", dtype={"image_id": str}).set_index("image_id")
     here = with_gps(photos[0], tmp_path / "here.jpg", *meta.loc[photos[0].stem, ["lon", "lat"]])
@@ -118,6 +120,8 @@ def test_a_photo_taken_off_the_map_is_answered_with_a_warning(run, tiny_city, ph
         assert rec["inside_map"] is False
         km = int(re.search(r"lies ([\d,]+) km outside the map", off_map).group(1).replace(",", ""))
         assert 600 < km < 1000 and abs(km - rec["error_m"] / 1000) < 2  # the map is 400 m wide: as far as the answer
+        guessing = rec["path"][0]["probability"] < read_info(run)["val"]["guess_factor"] / 16
+        assert any("no surer than a guess" in w for w in rec["warnings"]) == guessing
     assert recs["here.jpg"]["inside_map"] is True and not any("outside the map" in w for w in recs["here.jpg"]["warnings"])
 
     assert localize(run, tiny_city, berlin, "--map", tmp_path / "map.html") == 0

@@ -9,7 +9,9 @@ bounds would put features near the region's edge ~40 m (many screen pixels) off.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import re
 import shutil
@@ -152,13 +154,28 @@ def test_html_has_layers_and_tooltips(rendered):
     assert re.findall(r'"([^"]+)"\s*:', overlays) == ["satellite", "zoom path", "candidates", "predicted", "truth"]
     for loc, name in ((loc1, "IMG_1.jpg"), (loc2, NASTY_ESCAPED)):
         for i, step in enumerate(loc.path, start=1):
-            assert f"{name} — step {i}: cell {step.cell}, p={step.probability:.2f}" in text
-        assert f"{name} — candidate 1: p=0.50" in text and f"{name} — candidate 3: p=0.10" in text
+            assert f"{name} — step {i}: cell {step.cell}, {100 * step.probability:.2g}%" in text  # 83%, 61%
+        assert f"{name} — candidate 1: 50%" in text and f"{name} — candidate 3: 10%" in text
         assert f"{name} — predicted {loc.lat:.6f}, {loc.lon:.6f}" in text
     assert "<b>IMG_2" not in text
     assert re.search(rf'`<div>\s*{loc1.error_m:.0f} m\s*</div>`,\s*\{{\s*"permanent": true', text)
     assert text.count("L.circleMarker(") == 3  # two predictions, one truth
     assert text.count("L.polyline(") == 1
+    legend = re.search(r'<div style="position:fixed;bottom.*?</div></div>', text, re.S).group(0)
+    for label in ("zoom step 1", "zoom step 2", "candidate cells", "prediction", "true position", "error"):
+        assert label in legend
+    assert "bindPopup" not in text  # the made-up photos are no files: no thumbnail to show
+
+
+def test_a_prediction_pops_up_its_photo(pyramid_path, tmp_path):
+    photo = tmp_path / "street.jpg"
+    Image.fromarray(np.full((200, 400, 3), (200, 30, 30), np.uint8)).save(photo)
+    with PyramidReader(pyramid_path) as pyr:
+        page = localization_map([_localization(pyr.grid, str(photo), 0.0, 0.0)], pyr).get_root().render()
+    assert page.count("bindPopup") == 1 and "$(`" not in page  # Leaflet's own popup: the page inlines no jQuery
+    thumbnail = re.search(r'src=\\?"data:image/jpeg;base64,([A-Za-z0-9+/=]+)', page).group(1)
+    with Image.open(io.BytesIO(base64.b64decode(thumbnail))) as img:
+        assert img.size == (200, 100) and np.asarray(img)[50, 100, 0] > 150  # the photo, shrunk to the popup
 
 
 # ------------------------------------------------------------------------------ in a browser

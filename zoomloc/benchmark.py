@@ -172,8 +172,6 @@ def _protocol(
     return results, errors
 
 
-
-
 def _stage_seconds(path: Path, stages: Stages) -> dict[str, float]:
     """Every stage's seconds, in the call that ran it: those of earlier calls (``path``) updated with this
     call's, and written back, so that a report drawn by a later call still times the whole benchmark."""

@@ -1,9 +1,11 @@
 """The embedded default: the demo city and its model, built end to end by ``zoomloc demo`` (``make demo``).
 
 The demo is the main job on data the project generates itself: a synthetic city from
-``configs/cities/demo.yaml``, its area split, its tile pyramid, a zoom model trained on its
-training area for a few minutes (``configs/demo_model.yaml``), an evaluation on the held-out
-test area, a few test photos localized and drawn on ``map.html``. Each stage is skipped when its
+``configs/cities/demo.yaml``, its tile pyramid, its photos split at random (the paper's
+protocol: new photos of a city the model learned), a zoom model and the retrieval baseline trained
+on the training photos for a few minutes (``configs/demo_model.yaml``, ``demo_retrieval.yaml``),
+both evaluated on the held-out test photos and printed beside the nearest training photo and a
+random cell, a few test photos localized and drawn on ``map.html``. Each stage is skipped when its
 output already exists (outputs are written atomically, so an existing file is complete), which
 makes a second ``make demo`` cheap; an interrupted training resumes.
 
@@ -13,6 +15,7 @@ The folder it builds is also what ``zoomloc localize`` uses when given no ``--mo
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ class DemoConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     pyramid: PyramidSpec = field(default_factory=PyramidSpec)
     model: str = "demo_model.yaml"
+    retrieval: str = "demo_retrieval.yaml"  # the baseline the zoom model is printed against
     show: int = 6  # held-out photos localized, printed and drawn on the map
     beam: int = 4
 
@@ -68,6 +72,14 @@ class DemoPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "test" / "metrics.json"
+
+    @property
+    def retrieval(self) -> Path:
+        return self.root / "retrieval"
+
+    @property
+    def retrieval_metrics(self) -> Path:
+        return self.retrieval / "test" / "metrics.json"
 
     @property
     def map(self) -> Path:
@@ -96,12 +108,29 @@ def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -
     stages.city(demo.city, config.parent / cfg.city, cfg.pyramid, progress)
     stages.split(demo.city, cfg.split)
     stages.model("model", demo.city, config.parent / cfg.model, demo.model, progress)
+    stages.model("retrieval model", demo.city, config.parent / cfg.retrieval, demo.retrieval, progress)
     stages.run(
         "evaluation",
         demo.metrics.is_file(),
         lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, progress=progress),
     )
-    return [*stages.report, _localize_held_out(demo, cfg)]
+    stages.run(
+        "retrieval evaluation",
+        demo.retrieval_metrics.is_file(),
+        lambda: evaluate_run(demo.city.root, demo.retrieval, split="test", out=demo.retrieval_metrics, with_references=False, progress=progress),
+    )
+    return [*stages.report, comparison(demo), _localize_held_out(demo, cfg)]
+
+
+def comparison(demo: DemoPaths) -> str:
+    """The zoom model against the retrieval baseline and the two references, on the same test photos."""
+    zoom, retrieval = (json.loads(path.read_text()) for path in (demo.metrics, demo.retrieval_metrics))
+    rows = {"zoom": zoom, "retrieval": retrieval, **{name.replace("_", " "): m for name, m in zoom["references"].items()}}
+    lines = [f"on the {zoom['n_queries']} held-out test photos, R@1 within 25 / 50 / 100 m and median error:"]
+    for name, m in rows.items():
+        r = m["recall_at_1"]
+        lines.append(f"  {name:<14} {r['25']:5.1f} / {r['50']:5.1f} / {r['100']:5.1f} %   {m['median_error_m']:7.1f} m")
+    return "\n".join(lines)
 
 
 def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:

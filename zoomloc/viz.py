@@ -29,6 +29,8 @@ from importlib import resources
 
 import folium
 import numpy as np
+from branca.element import MacroElement
+from jinja2 import Template
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from PIL import Image
@@ -45,6 +47,7 @@ from zoomloc.pyramid import PyramidReader
 
 WEB_MERCATOR = CRS.from_epsg(3857)
 MAX_MOSAIC_PX = 2048
+THUMBNAIL_PX = 200  # the photo in a prediction's popup
 """Largest side of the region-wide imagery: level 2 of a k=4, 128 px pyramid (a few MB of HTML)."""
 
 LatLonBounds = tuple[tuple[float, float], tuple[float, float]]  # ((south, west), (north, east)), Leaflet's order
@@ -64,7 +67,8 @@ def localization_map(
     Layers (each switchable): "satellite" (the region at ``imagery_level``, default the deepest
     level whose mosaic fits :data:`MAX_MOSAIC_PX`, plus sharper views along every zoom path),
     "zoom path", "candidates" (the best ``max_candidates`` terminal cells), "predicted" and
-    "truth". Tooltips name the image, so many photos can share one map.
+    "truth", with a legend of their colours. Tooltips name the image, so many photos can share one
+    map; a prediction's popup shows the photo.
     """
     grid = pyramid.grid
     level = default_imagery_level(grid, pyramid.px) if imagery_level is None else imagery_level
@@ -82,6 +86,7 @@ def localization_map(
         _add_candidates(layers["candidates"], grid, loc, max_candidates)
         _add_prediction_and_truth(layers["predicted"], layers["truth"], loc)
     folium.LayerControl(collapsed=False).add_to(m)
+    _add_legend(m, grid.levels)
     west, south, east, north = grid.region_polygon_lonlat().bounds
     m.fit_bounds([[south, west], [north, east]])
     return m
@@ -160,12 +165,22 @@ def _add_overlay(group: folium.FeatureGroup, rgb: np.ndarray, bounds: Sequence[f
     folium.raster_layers.ImageOverlay(url, [list(south_west), list(north_east)], pixelated=False, interactive=False).add_to(group)
 
 
+def _level_colours(levels: int) -> list[str]:
+    """One colour per zoom level, dark (the region's children) to bright (the terminal cells)."""
+    return [to_hex(c) for c in colormaps["plasma"](np.linspace(0.15, 0.9, levels))]
+
+
+def _percent(probability: float) -> str:
+    """A probability as a percentage to 2 significant digits: 42%, 2.1%, 0.0021%."""
+    return f"{100 * probability:.2g}%"
+
+
 def _add_zoom_path(group: folium.FeatureGroup, grid: ZoomGrid, loc: Localization) -> None:
     """One outline per zoom step, coloured by level; transparent fill so hovering anywhere inside names it."""
-    colours = [to_hex(c) for c in colormaps["plasma"](np.linspace(0.15, 0.9, grid.levels))]
+    colours = _level_colours(grid.levels)
     for i, step in enumerate(loc.path, start=1):
         polygon = grid.polygons_lonlat(grid.path_of_cell(step.level, [step.cell]))[0]
-        tooltip = _tooltip(f"{loc.image} — step {i}: cell {step.cell}, p={step.probability:.2f}")
+        tooltip = _tooltip(f"{loc.image} — step {i}: cell {step.cell}, {_percent(step.probability)}")
         outline = folium.Polygon(_latlon(polygon), color=colours[step.level - 1], weight=2, fill=True, fill_opacity=0, tooltip=tooltip)
         outline.add_to(group)
 
@@ -185,7 +200,7 @@ def _add_candidates(group: folium.FeatureGroup, grid: ZoomGrid, loc: Localizatio
             fill=True,
             fill_color=_CANDIDATE,
             fill_opacity=0.1 + 0.6 * candidate.probability / top,
-            tooltip=_tooltip(f"{loc.image} — candidate {rank}: p={candidate.probability:.2f}"),
+            tooltip=_tooltip(f"{loc.image} — candidate {rank}: {_percent(candidate.probability)}"),
         ).add_to(group)
 
 
@@ -193,9 +208,13 @@ def _add_prediction_and_truth(predicted: folium.FeatureGroup, truth: folium.Feat
     """The predicted point, its warnings in its tooltip; the true one, when known and on the map, with a
     line labelled by the geodesic error (a line to a point hundreds of kilometres off the map would only
     pull the eye off it)."""
-    about = f"p={loc.probability:.2f}, cell {loc.cell_size_m:.0f} m"
+    about = f"{_percent(loc.probability)}, cell {loc.cell_size_m:.0f} m"
     text = f"{loc.image} — predicted {loc.lat:.6f}, {loc.lon:.6f} ({about})" + "".join(f". Warning: {w}" for w in loc.warnings)
-    _point(loc.lat, loc.lon, _PREDICTED, text).add_to(predicted)
+    point = _point(loc.lat, loc.lon, _PREDICTED, text)
+    thumbnail = _thumbnail(loc.image)
+    if thumbnail is not None:  # click the prediction to see the photo
+        _PhotoPopup(f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}').add_to(point)
+    point.add_to(predicted)
     error_m = loc.error_m
     if error_m is None or loc.inside_map is False:
         return
@@ -204,6 +223,52 @@ def _add_prediction_and_truth(predicted: folium.FeatureGroup, truth: folium.Feat
     folium.PolyLine(line, color=_ERROR_LINE, weight=3, dash_array="6 4", tooltip=label).add_to(truth)
     text = f"{loc.image} — true position {loc.true_lat:.6f}, {loc.true_lon:.6f}, error {error_m:.0f} m"
     _point(loc.true_lat, loc.true_lon, _TRUTH, text).add_to(truth)
+
+
+class _PhotoPopup(MacroElement):
+    """A popup of fixed HTML bound to its parent layer. folium's own ``Popup`` builds its content with
+    jQuery, which a page that inlines Leaflet alone does not have."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.bindPopup({{ this.content|tojson }}, {"maxWidth": {{ this.width }}});
+        {% endmacro %}"""
+    )
+
+    def __init__(self, content: str):
+        super().__init__()
+        self.content, self.width = content, THUMBNAIL_PX + 20
+
+
+def _thumbnail(image: str) -> str | None:
+    """The photo at ``image`` as a small JPEG data URL, or None when it is no readable file (an in-memory image)."""
+    try:
+        with Image.open(image) as img:
+            img = img.convert("RGB")
+            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            img.save(buffer, "JPEG", quality=80)
+    except (OSError, ValueError):
+        return None
+    return _data_url(buffer.getvalue(), "image/jpeg")
+
+
+def _add_legend(m: folium.Map, levels: int) -> None:
+    """What the colours mean, in the map's bottom-right corner, above the attribution (the scale holds
+    the bottom-left one, the layer switch the top-right one; Leaflet draws no legend of its own)."""
+    swatch = '<div><span style="display:inline-block;width:12px;height:12px;margin-right:6px;background:{};border:{}"></span>{}</div>'
+    rows = [swatch.format("transparent", f"2px solid {colour}", f"zoom step {level}") for level, colour in enumerate(_level_colours(levels), 1)]
+    rows += [
+        swatch.format(_CANDIDATE, f"1px solid {_CANDIDATE}", "candidate cells (fill: probability)"),
+        swatch.format(_PREDICTED, "2px solid white", "prediction (click: the photo)"),
+        swatch.format(_TRUTH, "2px solid white", "true position"),
+        swatch.format(_ERROR_LINE, f"1px solid {_ERROR_LINE}", "error"),
+    ]
+    box = (
+        '<div style="position:fixed;bottom:24px;right:12px;z-index:1000;background:rgba(255,255,255,0.9);'
+        f'padding:6px 8px;border-radius:4px;font:12px sans-serif;line-height:18px">{"".join(rows)}</div>'
+    )
+    m.get_root().html.add_child(folium.Element(box))
 
 
 def _point(lat: float, lon: float, colour: str, text: str) -> folium.CircleMarker:
