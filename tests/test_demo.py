@@ -14,7 +14,8 @@ import pytest
 
 from conftest import REPO
 from zoomloc.cli import main
-from zoomloc.demo import DEMO_DIR_ENV, run_demo
+from zoomloc.demo import run_demo
+from zoomloc.embedded import DEMO_DIR_ENV
 
 TINY_DEMO = REPO / "tests" / "data" / "demo_tiny.yaml"
 STAGES = ("city", "pyramid", "split", "model", "retrieval model", "evaluation", "retrieval evaluation")

@@ -6,6 +6,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +227,16 @@ def test_help_lists_the_commands_in_the_order_a_city_goes_through_them(capsys):
     order = ["synth-city", "import-photos", "split", "build-pyramid", "train", "embed", "evaluate", "localize", "benchmark", "demo"]
     positions = [out.index(f"\n    {name}") for name in order]
     assert positions == sorted(positions) and "'zoomloc demo'" in out
+
+
+def test_a_query_loads_no_trainer_renderer_or_map_library(run, tiny_city, photos):
+    """`zoomloc localize --json` in a fresh process: the modules a query needs, not the pipelines'."""
+    script = (
+        "import sys; from zoomloc.cli import main; "
+        f"code = main(['localize', {str(photos[0])!r}, '--model', {str(run)!r}, '--city', {str(tiny_city)!r}, '--json', '--quiet']); "
+        "heavy = ('geopandas', 'matplotlib', 'folium', 'data_prep.synth', 'data_prep.split', 'zoomloc.train', "
+        "'zoomloc.evaluate', 'zoomloc.benchmark', 'zoomloc.stages', 'zoomloc.demo', 'zoomloc.viz'); "
+        "print(code, [m for m in heavy if m in sys.modules], file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stderr.strip().splitlines()[-1] == "0 []"

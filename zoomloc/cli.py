@@ -95,9 +95,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     import json
 
     from zoomloc.localize import Localizer
-    from zoomloc.pyramid import PyramidReader
     from zoomloc.report import describe
-    from zoomloc.viz import localization_map, save_map
 
     topk = args.beam if args.topk is None else args.topk
     if args.beam < 1 or topk < 1:
@@ -111,7 +109,10 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths)
     for result in results:
         print(json.dumps(result.to_json()) if args.json else describe(result))
-    if args.map is not None:
+    if args.map is not None:  # folium and the imagery warp load only for a map
+        from zoomloc.pyramid import PyramidReader
+        from zoomloc.viz import localization_map, save_map
+
         with PyramidReader(pyramid) as pyr:
             save_map(localization_map(results, pyr), args.map)
         if not args.json:
@@ -121,7 +122,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
 def _model_and_pyramid(args: argparse.Namespace) -> tuple[Path, Path]:
     """``--model`` and ``--city``'s pyramid, or the embedded default's when both are left out."""
     from zoomloc.citydir import CityDir
-    from zoomloc.demo import require_default_demo
+    from zoomloc.embedded import require_default_demo
 
     if (args.model is None) != (args.city is None):
         raise ZoomlocError("--model and --city go together: give both, or neither to use the embedded demo model")

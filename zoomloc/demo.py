@@ -9,23 +9,20 @@ random cell, a few test photos localized and drawn on ``map.html``. Each stage i
 output already exists (outputs are written atomically, so an existing file is complete), which
 makes a second ``make demo`` cheap; an interrupted training resumes.
 
-The folder it builds is also what ``zoomloc localize`` uses when given no ``--model``/``--city``:
-:func:`default_demo` finds it (``$ZOOMLOC_DEMO_DIR``, else ``out/demo`` in the checkout).
+The folder it builds (:class:`~zoomloc.embedded.DemoPaths`) is also what ``zoomloc localize`` uses
+when given no ``--model``/``--city`` (:mod:`zoomloc.embedded` finds it).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.split import SplitConfig
-from zoomloc.checkpoint import BEST
-from zoomloc.citydir import CityDir
 from zoomloc.config import load_yaml
 from zoomloc.data import Samples
-from zoomloc.errors import InputError
+from zoomloc.embedded import REPO, DemoPaths
 from zoomloc.evaluate import evaluate_run
 from zoomloc.localize import Localizer
 from zoomloc.pyramid import PyramidReader, PyramidSpec
@@ -33,9 +30,7 @@ from zoomloc.report import describe
 from zoomloc.stages import Stages
 from zoomloc.viz import localization_map, save_map
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-DEMO_DIR_ENV = "ZOOMLOC_DEMO_DIR"
 
 
 @dataclass(frozen=True)
@@ -53,50 +48,6 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.show < 1 or self.beam < 1:
             raise ValueError("show and beam must be at least 1")
-
-
-@dataclass(frozen=True)
-class DemoPaths:
-    """Where a demo folder keeps each product."""
-
-    root: Path
-
-    @property
-    def city(self) -> CityDir:
-        return CityDir(self.root / "city")
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "test" / "metrics.json"
-
-    @property
-    def retrieval(self) -> Path:
-        return self.root / "retrieval"
-
-    @property
-    def retrieval_metrics(self) -> Path:
-        return self.retrieval / "test" / "metrics.json"
-
-    @property
-    def map(self) -> Path:
-        return self.root / "map.html"
-
-
-def default_demo() -> DemoPaths:
-    """The embedded default's folder: ``$ZOOMLOC_DEMO_DIR`` when set, else the checkout's ``out/demo``."""
-    return DemoPaths(Path(os.environ.get(DEMO_DIR_ENV) or REPO / "out" / "demo"))
-
-
-def require_default_demo() -> DemoPaths:
-    """The default demo folder, or a one-line error telling how to build it."""
-    demo = default_demo()
-    if not (demo.model / BEST).is_file() or not demo.city.pyramid_path.is_file():
-        raise InputError("no embedded default model yet: run `make demo` (or `zoomloc demo`) once, or pass --model and --city", demo.root)
-    return demo
 
 
 def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -> list[str]:

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from zoomloc.beam import BeamResult, beam_search
 from zoomloc.checkpoint import load_model
+from zoomloc.confidence import guess_warning
 from zoomloc.data import load_photo
 from zoomloc.embeddings import SatEmbeddings, cached_embeddings
-from zoomloc.confidence import guess_warning
 from zoomloc.grid import ZoomGrid
 from zoomloc.localization import Candidate, Localization, Step
 from zoomloc.model import Model, ZoomModel
