@@ -208,7 +208,7 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     """
     truths = list(zip(samples.lon, samples.lat))
     best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
-    top5 = loc.localize_embeddings(street, list(samples.image_ids), beam=max(beam, 5), topk=5, truths=truths)
+    top5 = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=5, truths=truths)  # the search widens to 5
     errors = np.array([r.error_m for r in best])
     top5_errors = np.array(
         [geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat) for r in top5]

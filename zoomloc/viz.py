@@ -40,6 +40,7 @@ from rasterio.transform import from_bounds
 from rasterio.warp import calculate_default_transform, reproject
 
 from zoomloc.atomic import write_text
+from zoomloc.data import load_photo
 from zoomloc.errors import InputError
 from zoomloc.grid import WGS84, ZoomGrid
 from zoomloc.localization import Localization
@@ -241,15 +242,15 @@ class _PhotoPopup(MacroElement):
 
 
 def _thumbnail(image: str) -> str | None:
-    """The photo at ``image`` as a small JPEG data URL, or None when it is no readable file (an in-memory image)."""
+    """The photo at ``image``, upright as the model saw it (:func:`~zoomloc.data.load_photo`), as a small
+    JPEG data URL; None when it is no readable file (an in-memory image has no path)."""
     try:
-        with Image.open(image) as img:
-            img = img.convert("RGB")
-            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            buffer = io.BytesIO()
-            img.save(buffer, "JPEG", quality=80)
-    except (OSError, ValueError):
+        img = load_photo(image)
+    except InputError:
         return None
+    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=80)
     return _data_url(buffer.getvalue(), "image/jpeg")
 
 
