@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from zoomloc.citydir import CityDir
-from zoomloc.data import Samples, load_photo
-from zoomloc.pyramid import PyramidReader
+from zoomloc.data.photos import load_photo
+from zoomloc.data.samples import Samples
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.pyramid import PyramidReader
 
 COLOUR_LEVELS = 8  # per channel: 8³ = 512 bins
 
@@ -102,8 +103,12 @@ class SmallCNN(nn.Module):
         self.stages = nn.Sequential(
             *[
                 nn.Sequential(
-                    nn.Conv2d(a, b, 3, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
-                    nn.Conv2d(b, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
+                    nn.Conv2d(a, b, 3, 2, 1, bias=False),
+                    nn.BatchNorm2d(b),
+                    nn.ReLU(),
+                    nn.Conv2d(b, b, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(b),
+                    nn.ReLU(),
                 )
                 for a, b in zip(ch, ch[1:])
             ]
@@ -170,7 +175,10 @@ def main() -> None:
             f"   near {near(test_pred):5.1f}%"
         )
 
-    print(f"  (guesses drawn from the training cells' frequencies: near {near(np.random.default_rng(0).choice(train.cell, len(test.cell))):.1f}%)")
+    print(
+        f"  (guesses drawn from the training cells' frequencies: "
+        f"near {near(np.random.default_rng(0).choice(train.cell, len(test.cell))):.1f}%)"
+    )
 
     hist_train, hist_test = colour_histograms(train.images), colour_histograms(test.images)
     linear = fit_linear(hist_train, train.cell, classes)

@@ -27,8 +27,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from zoomloc.pyramid import PyramidSpec, build_pyramid
-from zoomloc.raster import open_source
+from zoomloc.geo.pyramid import PyramidSpec, build_pyramid
+from zoomloc.geo.raster import open_source
 
 
 def write_test_geotiff(path: Path, size: int, gsd: float = 0.5) -> None:
@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"plain read:    {plain_mpx:8.1f} Mpx source in {seconds:6.2f} s = {plain_rate:6.1f} Mpx/s; "
               f"output {n * n / 1e6:.1f} Mpx = {n * n / 1e6 / seconds:.1f} Mpx/s ({n}x{n} at {res:.3f} m); "
               f"peak memory {peak_mib():.0f} MiB")  # fmt: skip
-        print(f"ratio build/plain source throughput: {build_rate / plain_rate:.2f} (target >= 0.5); "
-              f"output throughput: {build_out / summary.seconds / (n * n / 1e6 / seconds):.2f}")
+        print(
+            f"ratio build/plain source throughput: {build_rate / plain_rate:.2f} (target >= 0.5); "
+            f"output throughput: {build_out / summary.seconds / (n * n / 1e6 / seconds):.2f}"
+        )
     finally:
         shutil.rmtree(work)
 

@@ -19,9 +19,18 @@ import io  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
-from zoomloc.cli import main  # noqa: E402
+from zoomloc.cli.main import main  # noqa: E402
 
-HEAVY = ("geopandas", "matplotlib", "folium", "data_prep.synth", "zoomloc.train", "zoomloc.evaluate", "zoomloc.benchmark", "zoomloc.demo")
+HEAVY = (
+    "geopandas",
+    "matplotlib",
+    "folium",
+    "data_prep.synth",
+    "zoomloc.training.trainer",
+    "zoomloc.evaluation.evaluate",
+    "zoomloc.pipelines.benchmark",
+    "zoomloc.pipelines.demo",
+)
 
 
 def run() -> None:
@@ -32,7 +41,7 @@ def run() -> None:
     args = parser.parse_args()
     photo = args.photo
     if photo is None:
-        from zoomloc.embedded import require_default_demo
+        from zoomloc.inference.embedded import require_default_demo
 
         photo = str(min(require_default_demo().city.images_dir.glob("*.jpg")))
     extra = ["--model", args.model, "--city", args.city] if args.model else []

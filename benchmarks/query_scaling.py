@@ -48,8 +48,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -61,12 +61,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from zoomloc.atomic import atomic_path
-from zoomloc.embeddings import SatEmbeddings
-from zoomloc.grid import ZoomGrid
-from zoomloc.localize import Localizer
-from zoomloc.model import ModelConfig, build_model
-from zoomloc.train import load_run_config
+from zoomloc.core.atomic import atomic_path
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.inference.localize import Localizer
+from zoomloc.models.embeddings import SatEmbeddings
+from zoomloc.models.zoom import ModelConfig, build_model
+from zoomloc.training.trainer import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 CENTRE = (8.54, 47.38)  # Zürich, lon/lat

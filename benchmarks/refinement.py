@@ -21,12 +21,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from zoomloc.benchmark import BenchmarkConfig
-from zoomloc.citydir import CityDir
-from zoomloc.config import load_yaml
-from zoomloc.evaluate import evaluate_run
-from zoomloc.stages import Stages
-from zoomloc.train import load_run_config, train
+from zoomloc.core.config import load_yaml
+from zoomloc.evaluation.evaluate import evaluate_run
+from zoomloc.geo.citydir import CityDir
+from zoomloc.pipelines.benchmark import BenchmarkConfig
+from zoomloc.pipelines.stages import Stages
+from zoomloc.training.trainer import load_run_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "bench_quick.yaml"
@@ -60,10 +60,16 @@ def main() -> None:
     print(f"{'':14}{'median m':>10}{'mean m':>10}{'R@1 25 m':>10}{'R@1 50 m':>10}")
     for refine, m in rows.items():
         r1 = m["recall_at_1"]
-        print(f"{'refine ' + ('on' if refine else 'off'):14}{m['median_error_m']:10.1f}{m['mean_error_m']:10.1f}{r1['25']:9.1f}%{r1['50']:9.1f}%")
+        print(
+            f"{'refine ' + ('on' if refine else 'off'):14}{m['median_error_m']:10.1f}{m['mean_error_m']:10.1f}"
+            f"{r1['25']:9.1f}%{r1['50']:9.1f}%"
+        )
     gain = rows[False]["median_error_m"] - rows[True]["median_error_m"]
-    print(f"refinement lowers the val median error by {gain:.1f} m ({gain / rows[False]['median_error_m'] * 100:+.1f}% of it)"
-          if gain > 0 else f"refinement does not help: val median error {-gain:.1f} m higher")
+    print(
+        f"refinement lowers the val median error by {gain:.1f} m ({gain / rows[False]['median_error_m'] * 100:+.1f}% of it)"
+        if gain > 0
+        else f"refinement does not help: val median error {-gain:.1f} m higher"
+    )
 
 
 if __name__ == "__main__":

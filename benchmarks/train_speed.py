@@ -5,7 +5,8 @@ The baseline is ``configs/zoom.yaml`` as it trained before the cache (commit 559
 its photos, and back-propagates through the street encoder's last two stages. The cached runs
 are ``configs/zoom.yaml`` as it is now, with the cut at ``freeze: all_but_last_1`` (the last stage
 and head train on cached trunk outputs) and at ``freeze: all`` (the policy alone). The one-off
-cache build is timed apart; both code paths share today's encoders (channels-last convolutions). Everything is measured in one run, on one machine: run it on an idle one (several
+cache build is timed apart; both code paths share today's encoders (channels-last convolutions).
+Everything is measured in one run, on one machine: run it on an idle one (several
 torch processes on 2 cores slow each other down far more than twice).
 
 Each configuration trains ``2 × --window`` steps; the figure is the second window's
@@ -26,13 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoomloc.atomic import write_text
-from zoomloc.benchmark import machine
-from zoomloc.citydir import CityDir
-from zoomloc.model import build_model
-from zoomloc.pyramid import PyramidReader
-from zoomloc.street_cache import StreetCacheSpec, street_cache
-from zoomloc.train import RunConfig, load_run_config, train
+from zoomloc.core.atomic import write_text
+from zoomloc.data.street_cache import StreetCacheSpec, street_cache
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.models.zoom import build_model
+from zoomloc.pipelines.benchmark import machine
+from zoomloc.training.trainer import RunConfig, load_run_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = {"freeze": "all_but_last_2", "batch_size": 32, "cache_views": 0, "cpu_bf16": False}  # configs/zoom.yaml before the cache
@@ -95,7 +96,10 @@ def main() -> None:
             }
     results["machine"] = machine()
     write_text(args.out, json.dumps(results, indent=2) + "\n")
-    print(f"baseline ({args.config.name} before the cache, live, {BASELINE['freeze']}, batch {BASELINE['batch_size']}): {baseline:.1f} photos/s")
+    print(
+        f"baseline ({args.config.name} before the cache, live, {BASELINE['freeze']}, "
+        f"batch {BASELINE['batch_size']}): {baseline:.1f} photos/s"
+    )
     for freeze, r in results["cached"].items():
         print(f"cached, freeze {freeze}, batch {r['batch_size']}: {r['photos_per_s']:.1f} photos/s ({r['speedup']:.1f}x)")
     print(f"street cache build, once: {results['cache_build_s']:.1f} s for {results['cache_photos']} photos; wrote {args.out}")

@@ -30,7 +30,7 @@ import numpy as np
 from data_prep.overhead import Sun
 from data_prep.scene import ROAD_CLASSES, Scene
 from data_prep.street import CameraParams, Views
-from zoomloc.errors import InputError
+from zoomloc.core.errors import InputError
 
 _TURNS = np.array([90.0, -90.0, 180.0])
 _EPOCH_2026_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -83,7 +83,9 @@ def sample_sequences(scene: Scene, camera: CameraParams, capture: CaptureParams,
         car = rng.random() < capture.car_share
         spacing = rng.uniform(4.0, 9.0) if car else rng.uniform(1.0, 4.0)
         start = starts[rng.integers(0, starts.size)]
-        rows, cols, travel = _walk(road, start // scene.n + 0.5, start % scene.n + 0.5, rng.uniform(0, 360), length, spacing / scene.gsd, rng)
+        rows, cols, travel = _walk(
+            road, start // scene.n + 0.5, start % scene.n + 0.5, rng.uniform(0, 360), length, spacing / scene.gsd, rng
+        )
         yaw = rng.normal(0, 3.0, length) if car else _drift(length, rng)
         overcast = rng.random() < capture.overcast_p
         azimuth, elevation = rng.uniform(90, 270), rng.uniform(8, 60)  # daylight, sun in the south

@@ -18,7 +18,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
 from data_prep.scene import BUILDING, GRASS, MARKING, MATERIALS, PAVED, ROAD, SIDEWALK, TONES, TREE, WATER, Scene
-from zoomloc.atomic import atomic_path
+from zoomloc.core.atomic import atomic_path
 
 # Ground albedo per class (buildings take their roof colour) and how strongly it is textured:
 # (fine grain, large patches) as a fraction of the colour.
@@ -126,9 +126,7 @@ def surface_colours(scene: Scene, sun: Sun, seed: int, rows_per_strip: int = 256
         r1 = min(n, r0 + rows_per_strip)
         rows = np.arange(r0, r1)
         cls = scene.cls[r0:r1]
-        base = np.where(
-            (cls == BUILDING)[..., None], roof[scene.material[r0:r1]], GROUND_RGB[cls]
-        )
+        base = np.where((cls == BUILDING)[..., None], roof[scene.material[r0:r1]], GROUND_RGB[cls])
         fine = fine_a[rows % fine_a.shape[0]][:, cols % fine_a.shape[1]] + fine_b[rows % fine_b.shape[0]][:, cols % fine_b.shape[1]]
         tex = TEXTURE[cls]
         grain = 1 + tex[..., 0] * 0.7 * fine + tex[..., 1] * _patches(seed, n, rows)

@@ -3,7 +3,7 @@
 Two kinds of source:
 
 * **a folder** of JPEG/PNG photos (``*.jpg``, ``*.jpeg``, ``*.png``, not recursive): the position
-  and heading come from EXIF GPS (:mod:`data_prep.exif`); the image_id is the file stem with
+  and heading come from EXIF GPS (:mod:`zoomloc.core.exif`); the image_id is the file stem with
   every character other than letters, digits, ``_ - .`` replaced by ``_``.
 * **a CSV or GeoJSON of Mapillary-style records**: ``id``; ``lon`` and ``lat`` columns (CSV) or
   a point geometry (GeoJSON, any CRS); optional ``compass_angle`` (degrees clockwise from
@@ -38,12 +38,12 @@ import shapely
 from PIL import Image
 from pyogrio.errors import DataSourceError
 
-from data_prep.exif import CorruptExifError, GpsFix, NoGpsError, read_gps
-from zoomloc.atomic import atomic_path
-from zoomloc.citydir import METADATA_COLUMNS, OPTIONAL_COLUMNS, CityDir, check_image_id, read_metadata_csv
-from zoomloc.errors import InputError
-from zoomloc.grid import WGS84
-from zoomloc.raster import open_source
+from zoomloc.core.atomic import atomic_path
+from zoomloc.core.errors import InputError
+from zoomloc.core.exif import CorruptExifError, GpsFix, NoGpsError, read_gps
+from zoomloc.geo.citydir import METADATA_COLUMNS, OPTIONAL_COLUMNS, CityDir, check_image_id, read_metadata_csv
+from zoomloc.geo.grid import WGS84
+from zoomloc.geo.raster import open_source
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 RECORD_SUFFIXES = (".csv", ".geojson", ".json")
@@ -92,10 +92,7 @@ class ImportSummary:
         return ", ".join(f"{counts[r]} {r.value}" for r in SkipReason if counts[r])
 
     def describe(self) -> str:
-        lines = [
-            f"imported {len(self.imported)} photo(s) from {self.src} into {self.metadata_csv} "
-            f"({self.total} in all)"
-        ]
+        lines = [f"imported {len(self.imported)} photo(s) from {self.src} into {self.metadata_csv} ({self.total} in all)"]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)}: {self.skip_counts()}")
             lines += [f"  {s.name}: {s.detail}" for s in self.skipped[:_SHOWN_SKIPS]]
@@ -178,9 +175,7 @@ def satellite_footprint(city: CityDir) -> shapely.Geometry | None:
 
 # ----------------------------------------------------------------------------- sources
 def _folder_candidates(src: Path) -> list[_Candidate | Skip]:
-    files = sorted(
-        p for p in src.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file() and not p.name.startswith("."))
     if not files:
         raise InputError(f"holds no photo ({', '.join('*' + s for s in PHOTO_SUFFIXES)})", src)
     out: list[_Candidate | Skip] = []
@@ -290,9 +285,7 @@ def _captured_at(value) -> str | None:
 
 
 # ----------------------------------------------------------------------------- one photo
-def _import_one(
-    c: _Candidate, city: CityDir, seen: set[str], footprint: shapely.Geometry | None, link: bool
-) -> dict[str, str]:
+def _import_one(c: _Candidate, city: CityDir, seen: set[str], footprint: shapely.Geometry | None, link: bool) -> dict[str, str]:
     """Check one photo, store its image and return its metadata row; raises :class:`_Skipped`."""
     if c.image_id in seen:
         raise _Skipped(SkipReason.DUPLICATE, f"image_id {c.image_id!r} is already imported")

@@ -28,6 +28,7 @@ which is what lets a zoom policy pick the right quarter before it looks at singl
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -229,8 +230,18 @@ def _make_plan(params: SceneParams, size_m: float, seed: int) -> _Plan:
         palette, greenery = _character(params, seed, len(districts))
         districts.append(
             _District(
-                cx, cy, np.cos(angle), np.sin(angle), rng.uniform(0, 1), u, uh, v, vh, rng.uniform(2.0, 4.0),
-                palette, greenery,
+                cx,
+                cy,
+                np.cos(angle),
+                np.sin(angle),
+                rng.uniform(0, 1),
+                u,
+                uh,
+                v,
+                vh,
+                rng.uniform(2.0, 4.0),
+                palette,
+                greenery,
             )
         )
     river = None
@@ -375,9 +386,7 @@ def _layout(plan: _Plan, x: np.ndarray, y: np.ndarray) -> _Layout:
             a_all.append(ww)
             h_all.append(half[k])
         pick = np.argmin(np.stack(e_all), axis=0)
-
-        def choose(arrays: list) -> np.ndarray:
-            return np.choose(pick, arrays)
+        choose = partial(np.choose, pick)
 
         e_local = choose(e_all)
         take = e_local < edge[idx]
@@ -445,14 +454,16 @@ def _fill_block(plan: _Plan, d: int, hb: _Draws, ku, kv, u, v, inner, outward, i
     # Distance to each face of the footprint (street side, courtyard side, four lot sides).
     fu = (u - u0) - lu * span_u / n_u
     fv = (v - v0) - lv * span_v / n_v
-    faces = np.stack([
-        inner - setback,
-        setback + depth - inner,
-        fu - gap,
-        span_u / n_u - gap - fu,
-        fv - gap,
-        span_v / n_v - gap - fv,
-    ])
+    faces = np.stack(
+        [
+            inner - setback,
+            setback + depth - inner,
+            fu - gap,
+            span_u / n_u - gap - fu,
+            fv - gap,
+            span_v / n_v - gap - fv,
+        ]
+    )
     present = hl(2) < p.building_density * (0.75 + 0.25 * dens)
     built = (faces.min(axis=0) >= 0) & present & ~park & ~plaza
 

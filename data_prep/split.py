@@ -46,10 +46,10 @@ import pandas as pd
 import shapely
 from pyproj import Proj
 
-from zoomloc.atomic import atomic_path, write_text
-from zoomloc.citydir import SPLITS, CityDir, capture_codes
-from zoomloc.errors import InputError
-from zoomloc.grid import WGS84, utm_crs_for
+from zoomloc.core.atomic import atomic_path, write_text
+from zoomloc.core.errors import InputError
+from zoomloc.geo.citydir import SPLITS, CityDir, capture_codes
+from zoomloc.geo.grid import WGS84, utm_crs_for
 
 FRACTION_TOLERANCE = 1e-6
 CONFIG_MEMBER = "split_config"  # the SplitConfig that made split_areas.geojson, recorded in it
@@ -233,9 +233,7 @@ def _blocks(points: gpd.GeoDataFrame, block_m: float) -> tuple[gpd.GeoDataFrame,
     return gpd.GeoDataFrame({"n_images": counts}, geometry=squares, crs=points.crs), block_of_point
 
 
-def _deal_and_drop(
-    points: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame, buffer: float, cfg: SplitConfig
-) -> tuple[np.ndarray, np.ndarray]:
+def _deal_and_drop(points: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame, buffer: float, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Each block's split and the mask of photos dropped by the buffer, over a few rounds.
 
     Round after round, each split's target share is divided by the fraction of its photos the
@@ -290,12 +288,13 @@ def _check_every_split_kept(summary: SplitSummary, cfg: SplitConfig, n_photos: i
             continue
         if summary.blocks[name] == 0 and cfg.by != "area":
             units = sum(summary.blocks.values())
-            raise InputError(f"split leaves no {name} images ({units} {UNITS[cfg.by]} for {n_photos} photos): too few to split by {cfg.by}", metadata_csv)
+            raise InputError(
+                f"split leaves no {name} images ({units} {UNITS[cfg.by]} for {n_photos} photos): too few to split by {cfg.by}", metadata_csv
+            )
         if summary.blocks[name] == 0:
             n_blocks = sum(summary.blocks.values())
             raise InputError(
-                f"split leaves no {name} images ({n_blocks} block(s) of {cfg.block_m:g} m for {n_photos} photos); "
-                "use a smaller --block-m",
+                f"split leaves no {name} images ({n_blocks} block(s) of {cfg.block_m:g} m for {n_photos} photos); use a smaller --block-m",
                 metadata_csv,
             )
         raise InputError(

@@ -27,7 +27,7 @@ from PIL import Image
 
 from data_prep.overhead import OUTSIDE_RGB, Sun
 from data_prep.scene import BUILDING, FLOOR_M, MATERIALS, ROAD_CLASSES, TONES, TREE, TRUNK, Scene
-from zoomloc.errors import InputError
+from zoomloc.core.errors import InputError
 
 _OUTSIDE = 255  # class code of samples beyond the city edge
 _REL_STEP = 0.02  # depth step as a fraction of the depth, beyond the near range

@@ -28,11 +28,11 @@ from data_prep.capture import CaptureParams, sample_sequences
 from data_prep.overhead import Sun, surface_colours, write_orthophoto
 from data_prep.scene import SceneParams, build_scene
 from data_prep.street import CameraParams, StreetRenderer, Views, encode_jpeg, sample_views
-from zoomloc.atomic import write_text
-from zoomloc.citydir import CityDir
-from zoomloc.config import load_yaml
-from zoomloc.errors import InputError
-from zoomloc.grid import WGS84, utm_crs_for
+from zoomloc.core.atomic import write_text
+from zoomloc.core.config import load_yaml
+from zoomloc.core.errors import InputError
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.grid import WGS84, utm_crs_for
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,16 @@ class SynthSummary:
 
     def describe(self) -> str:
         w, h = self.image_size
-        return "\n".join([
-            f"synthetic city in {self.city_dir}",
-            f"  where:        {self.centre_lat:.5f}°N {self.centre_lon:.5f}°E, {self.crs}, {self.size_m:g} m square",
-            f"  orthophoto:   satellite/ortho.tif, {self.pixels}×{self.pixels} px at {self.gsd:g} m ({self.scene_s:.1f} s scene, {self.ortho_s:.1f} s ortho)",
-            f"  street views: {self.images} photos of {w}×{h} px in {self.street_s:.1f} s ({self.views_per_s:.0f} views/s)",
-            f"  total:        {self.seconds:.1f} s",
-        ])
+        return "\n".join(
+            [
+                f"synthetic city in {self.city_dir}",
+                f"  where:        {self.centre_lat:.5f}°N {self.centre_lon:.5f}°E, {self.crs}, {self.size_m:g} m square",
+                f"  orthophoto:   satellite/ortho.tif, {self.pixels}×{self.pixels} px at {self.gsd:g} m "
+                f"({self.scene_s:.1f} s scene, {self.ortho_s:.1f} s ortho)",
+                f"  street views: {self.images} photos of {w}×{h} px in {self.street_s:.1f} s ({self.views_per_s:.0f} views/s)",
+                f"  total:        {self.seconds:.1f} s",
+            ]
+        )
 
 
 def synth_city(city_dir: str | os.PathLike, cfg: SynthCityConfig, progress: bool = True) -> SynthSummary:
@@ -159,8 +162,18 @@ def synth_city(city_dir: str | os.PathLike, cfg: SynthCityConfig, progress: bool
     write_text(city.metadata_csv, "\n".join(lines) + "\n")
     t3 = time.perf_counter()
     return SynthSummary(
-        city.root, cfg.centre_lon, cfg.centre_lat, crs.to_string(), cfg.size_m, cfg.gsd, scene.n, cfg.images,
-        (cfg.camera.width, cfg.camera.height), t1 - t0, t2 - t1, t3 - t2,
+        city.root,
+        cfg.centre_lon,
+        cfg.centre_lat,
+        crs.to_string(),
+        cfg.size_m,
+        cfg.gsd,
+        scene.n,
+        cfg.images,
+        (cfg.camera.width, cfg.camera.height),
+        t1 - t0,
+        t2 - t1,
+        t3 - t2,
     )
 
 
@@ -214,4 +227,3 @@ def _render_all(renderer: StreetRenderer, views: Views, images_dir: Path, ids: l
         return
     with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
         yield from pool.imap_unordered(_render_in_worker, bounds)
-

@@ -23,7 +23,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from data_prep.synth import SynthCityConfig, synth_city
-from zoomloc.citydir import CityDir
+from zoomloc.geo.citydir import CityDir
 
 HERE = Path(__file__).resolve().parent
 PHOTO_SCALE = 2
@@ -65,9 +65,7 @@ def make_figure(city_dir: Path, ids: list[str], out: Path) -> None:
         row = Image.new("RGB", (photo.width + crop.width + 8, photo.height), "white")
         row.paste(photo, (0, 0))
         row.paste(crop, (photo.width + 8, 0))
-        ImageDraw.Draw(row).text(
-            (6, 4), f"{image_id}  heading {rec['heading_deg']:.0f}°  fov {rec['fov_deg']:.0f}°", fill=(255, 255, 255)
-        )
+        ImageDraw.Draw(row).text((6, 4), f"{image_id}  heading {rec['heading_deg']:.0f}°  fov {rec['fov_deg']:.0f}°", fill=(255, 255, 255))
         rows.append(row)
     title = 24
     sheet = Image.new("RGB", (rows[0].width, title + sum(r.height + 8 for r in rows)), "white")

@@ -31,7 +31,7 @@ def tiny_city(tmp_path_factory) -> Path:
 
     from data_prep.split import SplitConfig, split_city
     from data_prep.synth import SynthCityConfig, synth_city
-    from zoomloc.pyramid import PyramidSpec, build_pyramid
+    from zoomloc.geo.pyramid import PyramidSpec, build_pyramid
 
     root = tmp_path_factory.mktemp("tiny_city")
     base = SynthCityConfig()
@@ -72,9 +72,9 @@ def changed_sat_weights(run: Path, config: Path) -> list[str]:
     """The satellite backbone tensors of ``run``'s checkpoint that differ from a fresh model of ``config``."""
     import torch
 
-    from zoomloc.checkpoint import load_model
-    from zoomloc.model import build_model
-    from zoomloc.train import load_run_config
+    from zoomloc.models.checkpoint import load_model
+    from zoomloc.models.zoom import build_model
+    from zoomloc.training.trainer import load_run_config
 
     trained, _ = load_model(run)
     initial = build_model(load_run_config(config).model, trained.grid).encoders.backbone("sat").state_dict()
@@ -86,7 +86,7 @@ def changed_sat_weights(run: Path, config: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_run(tiny_city, tmp_path_factory) -> Path:
     """A zoom model trained for 300 steps on ``tiny_city`` (about a minute on 2 cores)."""
-    from zoomloc.cli import main
+    from zoomloc.cli.main import main
 
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "run"
@@ -107,7 +107,7 @@ def train_in_process(*args: str | Path) -> int:
     """``zoomloc train ARGS --quiet`` in this process; a config's deterministic mode does not outlive it."""
     import torch
 
-    from zoomloc.cli import main
+    from zoomloc.cli.main import main
 
     try:
         return main(["train", *map(str, args), "--quiet"])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from zoomloc.atomic import atomic_path, write_text
+from zoomloc.core.atomic import atomic_path, write_text
 
 
 def test_success_replaces_with_umask_permissions(tmp_path):

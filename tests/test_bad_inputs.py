@@ -33,7 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zoomloc.cli import main
+from zoomloc.cli.main import main
 
 # Photos of bad_exif/ without any readable GPS (the two others still carry a fix near Rennes).
 NO_GPS = (
@@ -205,7 +205,7 @@ def truncated_pyramid(f: Inputs) -> Refusal:
 
 def pyramid_of_another_grid(f: Inputs) -> Refusal:
     """A pyramid rebuilt with k=2: the model zooms over a 4×4 grid."""
-    from zoomloc.pyramid import PyramidSpec, build_pyramid
+    from zoomloc.geo.pyramid import PyramidSpec, build_pyramid
 
     city = f.city("satellite", "streetview", "split.csv")
     build_pyramid(city, PyramidSpec(k=2, levels=2, terminal_m=None, side_m=400.0, px=8), progress=False)

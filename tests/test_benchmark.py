@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO  # tests/ is on sys.path under pytest
+
 from data_prep.split import SplitConfig, split_city
-from zoomloc.benchmark import COLUMNS, MEASURES, BenchmarkConfig
-from zoomloc.citydir import CityDir
-from zoomloc.cli import main
-from zoomloc.config import load_yaml
-from zoomloc.metrics import RECALL_AT_1_M, RECALL_AT_5_M
-from zoomloc.pyramid import PyramidSpec, build_pyramid
+from zoomloc.cli.main import main
+from zoomloc.core.config import load_yaml
+from zoomloc.evaluation.metrics import RECALL_AT_1_M, RECALL_AT_5_M
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.pyramid import PyramidSpec, build_pyramid
+from zoomloc.pipelines.benchmark import COLUMNS, MEASURES, BenchmarkConfig
 
 QUICK = REPO / "configs" / "bench_quick.yaml"
 pytestmark = pytest.mark.slow  # the benchmark end to end, three protocols: minutes (make test-all, CI)
@@ -77,7 +77,9 @@ def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
     results = json.loads((bench / "results.json").read_text())
     report = (bench / "report.md").read_text()
     assert report.index("| **sequence** |") < report.index("| photo |") < report.index("| area |")  # the headline first, in bold
-    rows = {line.split("|")[1].strip(" *"): [c.strip() for c in line.split("|")[2:-1]] for line in report.splitlines() if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(" *"): [c.strip() for c in line.split("|")[2:-1]] for line in report.splitlines() if line.startswith("| ")
+    }
     for protocol, r in results["protocols"].items():
         z, ret = r["zoom"]["recall_at_1"], r["retrieval"]["recall_at_1"]
         assert rows[protocol][2] == f"{z['50']:.1f} / {z['100']:.1f}"
@@ -88,7 +90,9 @@ def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
     for protocol in PROTOCOLS:
         (section,) = [s for s in sections if s.startswith(f"`{protocol}`: {MEASURES[protocol]}")]
         r = results["protocols"][protocol]
-        table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines() if line.startswith("| ")}
+        table = {
+            line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines() if line.startswith("| ")
+        }
         fifty = table["R@1 within 50 m (%)"]
         lo, hi = r["zoom"]["recall_at_1_ci95"]["50"]
         assert lo <= r["zoom"]["recall_at_1"]["50"] <= hi and fifty[0] == f"{r['zoom']['recall_at_1']['50']:.1f} ({lo:.1f}–{hi:.1f})"
@@ -109,7 +113,9 @@ def test_second_run_reuses_the_trained_models(bench, capsys):
     assert "train zoom (sequence): already there" in out and "evaluate retrieval (area): already there" in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(stamps) == 6
     results = json.loads((bench / "results.json").read_text())
-    assert results["reused"][:4] == ["city", "pyramid", "split by sequence", "train zoom (sequence)"] and len(results["reused"]) == 2 + 5 * 3
+    assert (
+        results["reused"][:4] == ["city", "pyramid", "split by sequence", "train zoom (sequence)"] and len(results["reused"]) == 2 + 5 * 3
+    )
     assert "reused from an earlier call: city, pyramid, split by sequence" in (bench / "report.md").read_text()
     # The stages are still timed as the first call ran them, so the report times the whole benchmark.
     assert results["stage_s"] == first["stage_s"] and len(first["stage_s"]) == len(results["reused"])
@@ -143,7 +149,10 @@ def test_unequal_budgets_are_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("replace", "message"),
     [
-        ({"protocols: [sequence, photo, area]": "protocols: [sequence, street]"}, "key 'protocols[1]' must be one of 'area', 'photo', 'sequence', got 'street'"),
+        (
+            {"protocols: [sequence, photo, area]": "protocols: [sequence, street]"},
+            "key 'protocols[1]' must be one of 'area', 'photo', 'sequence', got 'street'",
+        ),
         ({"protocols: [sequence, photo, area]": "protocols: [area, area]"}, "protocols must be distinct"),
         ({"seed: 0}": "seed: 0, by: photo}"}, "split.by: each protocol of `protocols` sets it"),
     ],

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from zoomloc.checkpoint import read_info
-from zoomloc.cli import main
-from zoomloc.confidence import FACTORS, calibrate_guess_factor, guess_warning
-from zoomloc.localize import Localizer
+from zoomloc.cli.main import main
+from zoomloc.inference.confidence import FACTORS, calibrate_guess_factor, guess_warning
+from zoomloc.inference.localize import Localizer
+from zoomloc.models.checkpoint import read_info
 
 K2 = 16
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 import pytest
 
-from zoomloc.config import load_yaml
-from zoomloc.errors import ConfigError
+from zoomloc.core.config import load_yaml
+from zoomloc.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoomloc.citydir import CityDir
-from zoomloc.data import AugmentConfig, Samples, StepBatches, StreetDataset
-from zoomloc.encoders import EncoderConfig, build_encoder
-from zoomloc.grid import geodesic_m
-from zoomloc.localize import positions_of
-from zoomloc.pyramid import PyramidReader
+from zoomloc.data.batches import StepBatches, StreetDataset
+from zoomloc.data.photos import AugmentConfig
+from zoomloc.data.samples import Samples
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.grid import geodesic_m
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.inference.localize import positions_of
+from zoomloc.models.encoders import EncoderConfig, build_encoder
 
 
 def test_labels_put_each_photo_back_where_it_was(tiny_city):

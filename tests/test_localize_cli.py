@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 from PIL.ExifTags import GPS, IFD
 
-from data_prep.exif import read_gps
-from zoomloc.checkpoint import read_info
-from zoomloc.cli import main
-from zoomloc.grid import geodesic_m
+from zoomloc.cli.main import main
+from zoomloc.core.exif import read_gps
+from zoomloc.geo.grid import geodesic_m
+from zoomloc.models.checkpoint import read_info
 
 TINY_RUN = """
 model:
@@ -232,10 +232,11 @@ def test_help_lists_the_commands_in_the_order_a_city_goes_through_them(capsys):
 def test_a_query_loads_no_trainer_renderer_or_map_library(run, tiny_city, photos):
     """`zoomloc localize --json` in a fresh process: the modules a query needs, not the pipelines'."""
     script = (
-        "import sys; from zoomloc.cli import main; "
+        "import sys; from zoomloc.cli.main import main; "
         f"code = main(['localize', {str(photos[0])!r}, '--model', {str(run)!r}, '--city', {str(tiny_city)!r}, '--json', '--quiet']); "
-        "heavy = ('geopandas', 'matplotlib', 'folium', 'data_prep.synth', 'data_prep.split', 'zoomloc.train', "
-        "'zoomloc.evaluate', 'zoomloc.benchmark', 'zoomloc.stages', 'zoomloc.demo', 'zoomloc.viz'); "
+        "heavy = ('geopandas', 'matplotlib', 'folium', 'data_prep.synth', 'data_prep.split', 'zoomloc.training.trainer', "
+        "'zoomloc.evaluation.evaluate', 'zoomloc.pipelines.benchmark', 'zoomloc.pipelines.stages', 'zoomloc.pipelines.demo', "
+        "'zoomloc.inference.viz'); "
         "print(code, [m for m in heavy if m in sys.modules], file=sys.stderr)"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoomloc.beam import beam_search
-from zoomloc.errors import InputError
-from zoomloc.policy import PolicyConfig, ZoomPolicy, offset_loss, zoom_loss
+from zoomloc.core.errors import InputError
+from zoomloc.models.beam import beam_search
+from zoomloc.models.policy import PolicyConfig, ZoomPolicy, offset_loss, zoom_loss
 
 CFG = PolicyConfig(embed_dim=16, width=32, layers=2, heads=4, dropout=0.1, k=3, levels=3)
 

@@ -18,11 +18,11 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds, from_origin
 from rasterio.warp import transform_bounds
 
-from zoomloc import raster
-from zoomloc.cli import main
-from zoomloc.errors import PyramidError
-from zoomloc.grid import ZoomGrid
-from zoomloc.pyramid import FORMAT_VERSION, PyramidReader, PyramidSpec, build_pyramid
+from zoomloc.cli.main import main
+from zoomloc.core.errors import PyramidError
+from zoomloc.geo import raster
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.geo.pyramid import FORMAT_VERSION, PyramidReader, PyramidSpec, build_pyramid
 
 UTM33 = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_000_400.0  # NW corner of the synthetic images; 1 m pixels, 400 × 400
@@ -348,7 +348,9 @@ def test_cli_builds_to_out(tmp_path, capsys):
     sat = new_city(tmp_path)
     write_tif(sat / "good.tif", pattern())
     out = tmp_path / "elsewhere" / "p.h5"
-    code = main(["build-pyramid", str(sat.parent), "--grid", "2", "--levels", "2", "--terminal-m", "50", "--px", "16", "--out", str(out), "--quiet"])
+    code = main(
+        ["build-pyramid", str(sat.parent), "--grid", "2", "--levels", "2", "--terminal-m", "50", "--px", "16", "--out", str(out), "--quiet"]
+    )
     assert code == 0 and out.is_file() and not (sat.parent / "pyramid.h5").exists()
     assert f"wrote {out}" in capsys.readouterr().out
     with PyramidReader(out) as pyr:

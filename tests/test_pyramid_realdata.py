@@ -15,7 +15,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject
 
-from zoomloc.pyramid import PyramidReader, PyramidSpec, build_pyramid
+from zoomloc.geo.pyramid import PyramidReader, PyramidSpec, build_pyramid
 
 pytestmark = pytest.mark.realdata
 

@@ -6,14 +6,15 @@ import dataclasses
 
 import numpy as np
 
-from zoomloc.checkpoint import BEST, RUN_CONFIG, load_model
-from zoomloc.citydir import CityDir
-from zoomloc.data import AugmentConfig, Samples
-from zoomloc.encoders import EncoderConfig, build_encoder
-from zoomloc.embeddings import weights_fingerprint
-from zoomloc.references import cache_views_of_run, frozen_copy, nearest_photo_metrics, random_cell_metrics
-from zoomloc.train import load_run_config
-from zoomloc.pyramid import PyramidReader
+from zoomloc.data.photos import AugmentConfig
+from zoomloc.data.samples import Samples
+from zoomloc.evaluation.references import cache_views_of_run, frozen_copy, nearest_photo_metrics, random_cell_metrics
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.models.checkpoint import BEST, RUN_CONFIG, load_model
+from zoomloc.models.embeddings import weights_fingerprint
+from zoomloc.models.encoders import EncoderConfig, build_encoder
+from zoomloc.training.trainer import load_run_config
 
 ENCODER = EncoderConfig(street_size=(32, 64), freeze="all_but_last_1")  # the reference freezes it all
 

@@ -26,16 +26,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import train_in_process, untimed_records, write_run_config  # tests/ is on sys.path under pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from zoomloc.atomic import write_text
-from zoomloc.checkpoint import BEST, LAST, TRAIN_STATE, load_train_state
-from zoomloc.cli import main
-from zoomloc.data import load_photo
-from zoomloc.pyramid import PyramidReader
-
-from conftest import train_in_process, untimed_records, write_run_config  # tests/ is on sys.path under pytest
+from zoomloc.cli.main import main
+from zoomloc.core.atomic import write_text
+from zoomloc.data.photos import load_photo
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.models.checkpoint import BEST, LAST, TRAIN_STATE, load_train_state
 
 TIMEOUT_S = 300
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGKILL, id="SIGKILL")]
@@ -148,7 +147,9 @@ def test_sigterm_to_the_process_group_stops_training_and_its_loader_workers(tiny
     config = write_run_config(tmp_path, steps=300, val_every=300, workers=2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "zoomloc", "train", str(tiny_city), "--config", str(config), "--out", str(run), "--quiet"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + TIMEOUT_S
     while not (run / "metrics.jsonl").exists():  # logged after 10 steps: the workers are loading

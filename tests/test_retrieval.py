@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from zoomloc.checkpoint import load_model, save_checkpoint
-from zoomloc.citydir import CityDir
-from zoomloc.cli import main
-from zoomloc.data import NeighbourOrder, Samples, StepBatches
-from zoomloc.grid import geodesic_m
-from zoomloc.localize import Localizer
-from zoomloc.pyramid import PyramidReader
-from zoomloc.retrieval import RetrievalModel, contrastive_logits, info_nce
-from zoomloc.train import load_run_config
-
 from conftest import REPO, changed_sat_weights, write_run_config  # tests/ is on sys.path under pytest
+
+from zoomloc.cli.main import main
+from zoomloc.data.batches import NeighbourOrder, StepBatches
+from zoomloc.data.samples import Samples
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.grid import geodesic_m
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.inference.localize import Localizer
+from zoomloc.models.checkpoint import load_model, save_checkpoint
+from zoomloc.models.retrieval import RetrievalModel, contrastive_logits, info_nce
+from zoomloc.training.trainer import load_run_config
 
 STEPS = 100
 SAT_NEIGHBOUR_RUN = """

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoomloc.grid import ZoomGrid
-from zoomloc.policy import PolicyConfig, ZoomPolicy, zoom_loss
-from zoomloc.rollout import rollout, rollout_share
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.models.policy import PolicyConfig, ZoomPolicy, zoom_loss
+from zoomloc.training.rollout import rollout, rollout_share
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import shapely
 from pyproj import Transformer
 
 from data_prep.split import SplitConfig, split_city
-from zoomloc.cli import main
-from zoomloc.errors import InputError
-from zoomloc.grid import geodesic_m
+from zoomloc.cli.main import main
+from zoomloc.core.errors import InputError
+from zoomloc.geo.grid import geodesic_m
 
 ORIGIN = (385_000.0, 6_172_000.0)  # UTM 33N, central Lund
 SIDE_M = 1500.0
@@ -138,7 +138,10 @@ def test_val_fraction_zero_leaves_two_splits(city, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--block-m", "5000"], "metadata.csv: split leaves no train images (1 block(s) of 5000 m for 3000 photos); use a smaller --block-m"),
+        (
+            ["--block-m", "5000"],
+            "metadata.csv: split leaves no train images (1 block(s) of 5000 m for 3000 photos); use a smaller --block-m",
+        ),
         (["--buffer-m", "3000"], "metadata.csv: split leaves no train images (all"),
         (["--fractions", "0.5", "0.1", "0.1"], "--fractions must be 3 non-negative numbers summing to 1, not 0.5 0.1 0.1"),
         (["--fractions", "0.9", "0.1", "0"], "--fractions must give train and test a share above 0"),

@@ -10,17 +10,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import train_in_process, untimed_records  # tests/ is on sys.path under pytest
 from safetensors.torch import load_file
 
-import zoomloc.street_cache as street_cache_module
-from zoomloc.citydir import CityDir
-from zoomloc.cli import main
-from zoomloc.data import AugmentConfig, street_input
-from zoomloc.encoders import EncoderConfig, build_encoder
-from zoomloc.street_cache import StreetCache, StreetCacheSpec, augment_key, build_street_cache, street_cache, variant_of
-from zoomloc.trunk import POOLED
-
-from conftest import train_in_process, untimed_records  # tests/ is on sys.path under pytest
+import zoomloc.data.street_cache as street_cache_module
+from zoomloc.cli.main import main
+from zoomloc.data.photos import AugmentConfig, street_input
+from zoomloc.data.street_cache import StreetCache, StreetCacheSpec, augment_key, build_street_cache, street_cache, variant_of
+from zoomloc.geo.citydir import CityDir
+from zoomloc.models.encoders import EncoderConfig, build_encoder
+from zoomloc.models.trunk import POOLED
 
 AUGMENT = AugmentConfig(blur_p=0.5, jpeg_p=0.5)
 
@@ -106,7 +105,9 @@ def test_the_cache_is_named_by_what_makes_it(few_photos):
         StreetCacheSpec.of(encoders, few_photos, AugmentConfig(), views=2, seed=0),
         StreetCacheSpec.of(build_encoder(EncoderConfig(street_size=(32, 64), freeze="all_but_last_2")), few_photos, AUGMENT, 2, 0),
         StreetCacheSpec.of(build_encoder(EncoderConfig(street_size=(32, 96), freeze="all_but_last_1")), few_photos, AUGMENT, 2, 0),
-        StreetCacheSpec.of(build_encoder(EncoderConfig(weights="none", street_size=(32, 64), freeze="all_but_last_1")), few_photos, AUGMENT, 2, 0),
+        StreetCacheSpec.of(
+            build_encoder(EncoderConfig(weights="none", street_size=(32, 64), freeze="all_but_last_1")), few_photos, AUGMENT, 2, 0
+        ),
     ]  # fmt: skip
     assert len({base.key, *(o.key for o in others)}) == 1 + len(others)
     assert StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=2, seed=0).key == base.key
@@ -138,7 +139,7 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city,
     assert list((tiny_city / "embeddings").glob("street_*.h5")), "the cache lies in the city's embeddings folder"
     assert train_in_process(tiny_city, "--config", config, "--out", second) == 0
     # Interrupted after its first checkpoint (step 2), then resumed.
-    import zoomloc.train as train_module
+    import zoomloc.training.trainer as train_module
 
     save = train_module.save_train_state
 

@@ -12,9 +12,9 @@ from pyproj import CRS, Transformer
 
 from data_prep.scene import BUILDING, ROAD_CLASSES, build_scene
 from data_prep.synth import SynthCityConfig
-from zoomloc.citydir import CityDir
-from zoomloc.cli import main
-from zoomloc.errors import ConfigError
+from zoomloc.cli.main import main
+from zoomloc.core.errors import ConfigError
+from zoomloc.geo.citydir import CityDir
 
 SIZE_M = 300
 IMAGES = 120
@@ -207,7 +207,7 @@ def test_captures_come_in_sequences_along_the_streets(captured):
     assert {"sequence_id", "captured_at"} <= set(meta.columns)
     lengths = meta.groupby("sequence_id", sort=False).size()
     assert len(lengths) >= 3 and lengths.iloc[:-1].between(15, 40).all()  # the last one is cut at IMAGES
-    same = (meta["sequence_id"].to_numpy()[1:] == meta["sequence_id"].to_numpy()[:-1])
+    same = meta["sequence_id"].to_numpy()[1:] == meta["sequence_id"].to_numpy()[:-1]
     bearing, step = _bearing_deg(meta["lon"].to_numpy(), meta["lat"].to_numpy())
     assert np.all(step[same] <= 9.0 + 0.01)  # one photo every few metres (car 4–9 m, walker 1–4 m)
     assert np.median(step[same]) > 0.5

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import shapely
 import torch
+from conftest import changed_sat_weights, untimed_records, write_run_config  # tests/ is on sys.path under pytest
 
 from data_prep.split import SplitConfig, split_city
-from zoomloc.checkpoint import load_model, save_checkpoint
-from zoomloc.cli import main
-from zoomloc.localize import Localizer
-from zoomloc.model import ZoomModel
-from zoomloc.pyramid import PyramidReader
-from zoomloc.train import load_run_config
-
-from conftest import changed_sat_weights, untimed_records, write_run_config  # tests/ is on sys.path under pytest
+from zoomloc.cli.main import main
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.inference.localize import Localizer
+from zoomloc.models.checkpoint import load_model, save_checkpoint
+from zoomloc.models.zoom import ZoomModel
+from zoomloc.training.trainer import load_run_config
 
 
 def _records(run: Path) -> list[dict]:
@@ -191,7 +190,7 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(tiny_city, tm
     """An interruption after a checkpoint, then --resume: same final weights and metrics as one run."""
     from safetensors.torch import load_file
 
-    from zoomloc import train as train_module
+    from zoomloc.training import trainer as train_module
 
     config = write_run_config(tmp_path, steps=20, val_every=10)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

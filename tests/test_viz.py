@@ -24,11 +24,11 @@ from PIL import Image
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from zoomloc.errors import InputError
-from zoomloc.grid import geodesic_m, utm_crs_for
-from zoomloc.localization import Candidate, Localization, Step
-from zoomloc.pyramid import PyramidReader, PyramidSpec, build_pyramid
-from zoomloc.viz import WEB_MERCATOR, default_imagery_level, localization_map, save_map, warp_to_web_mercator
+from zoomloc.core.errors import InputError
+from zoomloc.geo.grid import geodesic_m, utm_crs_for
+from zoomloc.geo.pyramid import PyramidReader, PyramidSpec, build_pyramid
+from zoomloc.inference.localization import Candidate, Localization, Step
+from zoomloc.inference.viz import WEB_MERCATOR, default_imagery_level, localization_map, save_map, warp_to_web_mercator
 
 LON, LAT = 11.8, 60.0
 CRS = utm_crs_for(LON, LAT)
@@ -87,8 +87,7 @@ def _localization(grid, image: str, dx: float, dy: float, truth: tuple[float, fl
     steps = tuple(Step(i + 1, int(grid.cell_of_path(actions[: i + 1])), p) for i, p in enumerate((0.83, 0.61)))
     paths = [grid.path_of_xy(x + ox * grid.terminal_m, y) for ox in (0, 1, -1)]
     candidates = tuple(
-        Candidate(*map(float, grid.centre_lonlat_of_path(path)), p, tuple(int(a) for a in path))
-        for path, p in zip(paths, (0.5, 0.2, 0.1))
+        Candidate(*map(float, grid.centre_lonlat_of_path(path)), p, tuple(int(a) for a in path)) for path, p in zip(paths, (0.5, 0.2, 0.1))
     )
     best = candidates[0]
     return Localization(image, best.lon, best.lat, grid.terminal_m, best.probability, steps, candidates, *(truth or (None, None)))
@@ -150,7 +149,7 @@ def test_html_is_self_contained(rendered):
 def test_html_has_layers_and_tooltips(rendered):
     path, (loc1, loc2) = rendered
     text = path.read_text()
-    overlays = re.search(r'overlays\s*:\s*\{(.*?)\}', text, re.S).group(1)
+    overlays = re.search(r"overlays\s*:\s*\{(.*?)\}", text, re.S).group(1)
     assert re.findall(r'"([^"]+)"\s*:', overlays) == ["satellite", "zoom path", "candidates", "predicted", "truth"]
     for loc, name in ((loc1, "IMG_1.jpg"), (loc2, NASTY_ESCAPED)):
         for i, step in enumerate(loc.path, start=1):

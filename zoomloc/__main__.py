@@ -2,6 +2,6 @@
 
 import sys
 
-from zoomloc.cli import main
+from zoomloc.cli.main import main
 
 sys.exit(main())

@@ -1,0 +1,109 @@
+"""Reading street photos and augmenting them as crowd-sourced photos look.
+
+Augmentation imitates crowd-sourced photos (exposure and colour shifts, blur, JPEG artefacts;
+the encoder's transform adds the random crop), because a model trained on clean renders would
+fail on a phone's snapshot.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2 as T
+from PIL import Image, ImageOps
+
+from zoomloc.core.errors import InputError
+from zoomloc.models.encoders import ViewTransforms
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Photometric augmentation of street views at training time (probabilities and strengths)."""
+
+    colour: float = 0.3  # ColorJitter strength for brightness, contrast, saturation (hue: a third)
+    blur_p: float = 0.2
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 90)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.colour <= 1 and 0 <= self.blur_p <= 1 and 0 <= self.jpeg_p <= 1):
+            raise ValueError("augment strengths and probabilities must lie in [0, 1]")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality must be [low, high] within 1..100, got {self.jpeg_quality}")
+
+    def build(self) -> T.Transform:
+        """The transform on uint8 ``[3, H, W]`` tensors."""
+        c = self.colour
+        return T.Compose(
+            [
+                T.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 3, 0.5)),
+                T.RandomApply([T.GaussianBlur(5, sigma=(0.3, 1.5))], p=self.blur_p),
+                T.RandomApply([_Jpeg(self.jpeg_quality)], p=self.jpeg_p),
+            ]
+        )
+
+
+class _Jpeg(torch.nn.Module):
+    """Re-encode a uint8 ``[3, H, W]`` image as JPEG at a random quality (Pillow's codec).
+
+    torchvision's own JPEG transform goes through its deprecated image I/O; Pillow's encoder is
+    also what most photo pipelines that produce the artefacts use.
+    """
+
+    def __init__(self, quality: tuple[int, int]):
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        q = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        buffer = io.BytesIO()
+        T.functional.to_pil_image(image).save(buffer, format="JPEG", quality=q)
+        buffer.seek(0)
+        with Image.open(buffer) as img:
+            return T.functional.pil_to_tensor(img.convert("RGB"))
+
+
+def load_photo(path: str | Path) -> Image.Image:
+    """An RGB photo, upright per its EXIF orientation; one-line error for unreadable files."""
+    try:
+        with Image.open(path) as img:
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except FileNotFoundError:
+        raise InputError("no such photo", path) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable image ({str(exc).splitlines()[0]})", path) from None
+
+
+def quiet_on_sigterm(worker_id: int) -> None:
+    """A data loader's ``worker_init_fn``: on SIGTERM its workers leave at once and silently.
+
+    A terminal's or a scheduler's SIGTERM goes to the whole process group; the main process
+    unwinds (``zoomloc.cli.main``) and prints its one-line notice. A worker must neither die *of* the
+    signal (torch's SIGCHLD handler in the main process would then raise "DataLoader worker is
+    killed by signal" during the shutdown) nor keep running (its threads print tracebacks once the
+    main process stops talking to them); exiting with status 0, which torch does not report, does
+    neither.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+
+
+def street_input(photo: str | Path, transforms: ViewTransforms, augment: T.Transform | None = None, key: int | None = None) -> torch.Tensor:
+    """The street encoder's input ``[n, 3, h, w]`` for a photo: plain (centre crop) without ``key``,
+    else ``augment`` and a random crop drawn from a generator seeded by ``key``.
+
+    Seeded by ``key`` alone, an augmentation is the same in any process, worker or resumed run:
+    the live training loader and the street cache (:mod:`zoomloc.data.street_cache`) draw it alike.
+    """
+    image = T.functional.pil_to_tensor(load_photo(photo))
+    if augment is None or key is None:
+        return transforms.street(image)
+    with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
+        torch.manual_seed(key)
+        image = augment(image)
+        return transforms.street(image, train=True, rng=random.Random(key))

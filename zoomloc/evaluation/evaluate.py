@@ -1,0 +1,326 @@
+"""``zoomloc evaluate``: how well, how fast and at what memory a model localizes a split.
+
+Accuracy is measured on every photo of the split, batched; latency on single queries (photo
+decoding, street encoder, decoding), as a user would see it. Writes ``metrics.json`` (the
+schema below), ``errors.csv`` (one row per query, the references' errors beside the model's) and ``error_cdf.png``
+beside it::
+
+    {"model": "zoom" | "retrieval", "split": "test", "n_queries": N,
+     "beam": B,                         # zoom only
+     "recall_at_1": {"25": %, "40": %, "50": %, "100": %}, "recall_at_5": {"50": %, "100": %},
+     "recall_at_1_ci95": {"25": [low %, high %], ...},  # 95 % bootstrap interval, resampling
+     "recall_at_1_ci95_resamples": "captures" | "queries",  # whole captures where photos share one
+     "median_error_m": m, "mean_error_m": m,
+     "step_accuracy": [%, ...],         # zoom only: free-running, per level
+     "by_beam": {"1": {"recall_at_1": {...}, "median_error_m": m}, "4": {...}},  # zoom only
+     "teacher_forced": {"step_accuracy": [%, ...], "true_child_rank": [r, ...]},  # zoom only
+     "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
+     "index_build_s": s,      # embedding every pyramid view (as timed when the view cache was made;
+                              # retrieval: plus building its database)
+     "references": {"nearest_photo": {...}, "random": {...}}}  # zoomloc.evaluation.references, same photos; the
+                              # nearest photo not on the train split
+
+The references put the model's figures in context: the random cell is the floor, the nearest
+training photo the rival that needs no map (:mod:`zoomloc.evaluation.references`).
+
+``metrics.json`` is written last: where it exists, the other two are complete.
+
+Both kinds go through one :class:`~zoomloc.inference.localize.Localizer`, so they are measured by the
+same code: a retrieval model's answer is its search's top cell, its top 5 the five best cells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from zoomloc.core.atomic import atomic_path, write_text
+from zoomloc.core.errors import InputError
+from zoomloc.data.batches import StreetDataset
+from zoomloc.data.photos import quiet_on_sigterm
+from zoomloc.data.samples import Samples
+from zoomloc.data.street_cache import StreetCache
+from zoomloc.evaluation.metrics import RECALL_AT_1_M, summarize_errors
+from zoomloc.evaluation.references import cache_views_of_run, references
+from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.grid import geodesic_m
+from zoomloc.inference.localization import Localization
+from zoomloc.inference.localize import DECODE_CHUNK, Localizer
+from zoomloc.models.checkpoint import read_info
+from zoomloc.models.embeddings import pyramid_identity
+
+LATENCY_QUERIES = 100  # single queries timed (after a few warm-ups); accuracy uses all
+WARMUP = 3
+COMPARED_BEAMS = (1, 4)  # a zoom model's R@1 at each of these beam widths: does a wider search pay?
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    metrics: dict[str, Any]
+    metrics_path: Path
+    warning: str | None = None  # why these figures may flatter the model (see :func:`split_warning`)
+
+    def describe(self) -> str:
+        m = self.metrics
+        r1 = "  ".join(f"{d} m: {v:5.1f}%" for d, v in m["recall_at_1"].items())
+        r5 = "  ".join(f"{d} m: {v:5.1f}%" for d, v in m["recall_at_5"].items())
+        how = f" (beam {m['beam']})" if "beam" in m else ""
+        lines = [
+            f"{m['model']} model on {m['n_queries']} {m['split']} photos{how}",
+            f"  Recall@1  {r1}",
+            f"  Recall@5  {r5}",
+            f"  error     median {m['median_error_m']:.1f} m, mean {m['mean_error_m']:.1f} m",
+        ]
+        if "by_beam" in m:
+            lines.append(
+                "  by beam   R@1 within 50 / 100 m: "
+                + ", ".join(f"beam {b} {v['recall_at_1']['50']:.1f} / {v['recall_at_1']['100']:.1f}%" for b, v in m["by_beam"].items())
+            )
+        if "step_accuracy" in m:
+            lines.append(f"  steps     free-running accuracy per level: {', '.join(f'{a:.1f}%' for a in m['step_accuracy'])}")
+            tf = m["teacher_forced"]
+            ranks = ", ".join(f"{r:.1f}" for r in tf["true_child_rank"])
+            lines.append(
+                f"            from the true parent: {', '.join(f'{a:.1f}%' for a in tf['step_accuracy'])} (true child's mean rank {ranks})"
+            )
+        for name, ref in m.get("references", {}).items():
+            lines.append(
+                f"  {name.replace('_', ' ') + ':':<14} R@1 within 50 / 100 m {ref['recall_at_1']['50']:.1f} / "
+                f"{ref['recall_at_1']['100']:.1f}%, median error {ref['median_error_m']:.1f} m (reference)"
+            )
+        return "\n".join(
+            [
+                *([f"warning: {self.warning}"] if self.warning else []),
+                *lines,
+                f"  latency   p50 {m['latency_ms']['p50']:.1f} ms, p95 {m['latency_ms']['p95']:.1f} ms per query; "
+                f"peak memory {m['peak_rss_mb']:.0f} MB; index built in {m['index_build_s']:.1f} s",
+                f"wrote {self.metrics_path} (+ errors.csv, error_cdf.png)",
+            ]
+        )
+
+
+def evaluate_run(
+    city_dir: str | os.PathLike,
+    model: str | os.PathLike,
+    *,
+    split: str = "test",
+    beam: int = 1,
+    out: str | os.PathLike,
+    with_references: bool = True,
+    progress: bool = True,
+) -> EvalReport:
+    """Evaluate the model of ``model`` (run folder or checkpoint) on ``split`` of ``city_dir``, and the
+    references (:mod:`zoomloc.evaluation.references`) on the same photos unless ``with_references`` is off."""
+    if beam < 1:
+        raise InputError(f"--beam must be at least 1, got {beam}")
+    city = CityDir(city_dir)
+    out = Path(out)
+    loc = Localizer.load(model, city.pyramid_path, progress=progress)
+    samples = Samples.from_city(city, split, loc.model.grid)
+
+    street = street_embeddings(loc, samples, progress=progress)
+    best, metrics = accuracy(loc, street, samples, beam)
+    errors = np.array([r.error_m for r in best])
+    kind = loc.model.cfg.kind
+    metrics = {"model": kind, "split": split, **({"beam": beam} if kind == "zoom" else {}), **metrics}
+    if kind == "zoom":  # the evaluated beam is decoded already; the others once more
+        decoded = {str(beam): {"recall_at_1": metrics["recall_at_1"], "median_error_m": metrics["median_error_m"]}}
+        others = by_beam(loc, street, samples, [b for b in COMPARED_BEAMS if b != beam])
+        metrics["by_beam"] = dict(sorted({**decoded, **others}.items(), key=lambda item: int(item[0])))
+    metrics["latency_ms"] = _latency_ms(loc, samples, beam)
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    metrics["index_build_s"] = loc.index_build_s
+    metrics["pyramid"] = pyramid_identity(city.pyramid_path)
+    reference_errors: dict[str, np.ndarray] = {}
+    if with_references:
+        metrics["references"], reference_errors = references(
+            city,
+            loc.model.grid,
+            loc.model.encoders,
+            samples,
+            split=split,
+            cache_views=cache_views_of_run(model),
+            workers=2,
+            progress=progress,
+        )
+    warning = split_warning(read_info(model), city, split)
+
+    table = pd.DataFrame(
+        {
+            "image_id": samples.image_ids,
+            "true_lon": samples.lon,
+            "true_lat": samples.lat,
+            "pred_lon": [r.lon for r in best],
+            "pred_lat": [r.lat for r in best],
+            "error_m": errors,
+            **{f"{name}_error_m": e for name, e in reference_errors.items()},
+        }
+    )
+    with atomic_path(out.parent / "errors.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    plot_error_cdfs(
+        {"": {metrics["model"]: errors, **{name.replace("_", " "): e for name, e in reference_errors.items()}}},
+        out.parent / "error_cdf.png",
+    )
+    write_text(out, json.dumps(metrics, indent=2) + "\n")
+    return EvalReport(metrics, out, warning)
+
+
+def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None:
+    """A warning when the model trained on these very photos under another split of them.
+
+    Its training photos may then be among the evaluated ones; the benchmark and the demo refuse
+    such a run, a user evaluating by hand is told.
+    """
+    if "photos" not in info or city.changed_since(info) != ("split",):
+        return None
+    return (
+        f"the model was trained on another split of these photos ({city.split_csv} changed since): "
+        f"some {split} photos may be training photos"
+    )
+
+
+@torch.no_grad()
+def street_embeddings(
+    loc: Localizer, samples: Samples, *, workers: int = 2, progress: bool = False, cache: StreetCache | None = None
+) -> torch.Tensor:
+    """Street embeddings ``[N, D]`` of every photo of ``samples`` (no augmentation): the photos encoded,
+    or the tail run on their plain crops' trunk outputs from the street ``cache``."""
+    loc.model.eval()
+    if cache is not None:
+        rows = cache.rows_of(samples.image_ids)
+        chunks = np.array_split(rows, max(1, len(rows) // 256))
+        return torch.cat([loc.model.encode_street(cache.plain(r).to(loc.device), trunk=True) for r in chunks])
+    loader = torch.utils.data.DataLoader(
+        StreetDataset(samples, loc.transforms),
+        batch_size=32,
+        num_workers=workers,
+        worker_init_fn=quiet_on_sigterm,
+        generator=torch.Generator(),
+    )
+    batches = tqdm(loader, desc="encode photos", unit="batch", disable=not progress, leave=False)
+    return torch.cat([loc.model.encode_street(b["image"].to(loc.device)) for b in batches])
+
+
+def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int = 1) -> tuple[list[Localization], dict[str, Any]]:
+    """Free-running localization of ``samples`` from their street embeddings: results and accuracy metrics.
+
+    Recall@1 and errors come from the best path of a beam of ``beam`` (retrieval: the most
+    similar cell); Recall@5 from the top 5 of a beam of at least 5 (the 5 most similar cells);
+    step accuracy, for a zoom model, is the share of queries whose decoded path is right down
+    to each level.
+    """
+    truths = list(zip(samples.lon, samples.lat))
+    best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
+    top5 = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=5, truths=truths)  # the search widens to 5
+    errors = np.array([r.error_m for r in best])
+    top5_errors = np.array([geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat) for r in top5])
+    metrics = summarize_errors(errors, top5_errors, samples.captures)
+    if loc.model.cfg.kind == "zoom":
+        paths = np.array([r.actions for r in best])
+        metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
+        metrics["teacher_forced"] = teacher_forced(loc, street, samples)
+    return best, metrics
+
+
+def by_beam(loc: Localizer, street: torch.Tensor, samples: Samples, beams: list[int]) -> dict[str, dict[str, Any]]:
+    """Recall@1 and median error of the best path of each beam width in ``beams``."""
+    truths = list(zip(samples.lon, samples.lat))
+    out = {}
+    for beam in beams:
+        best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
+        summary = summarize_errors(np.array([r.error_m for r in best]))
+        out[str(beam)] = {"recall_at_1": summary["recall_at_1"], "median_error_m": summary["median_error_m"]}
+    return out
+
+
+@torch.no_grad()
+def teacher_forced(loc: Localizer, street: torch.Tensor, samples: Samples) -> dict[str, list[float]]:
+    """Each zoom step judged on its own: the policy given the true cells so far.
+
+    Free-running accuracy stops at the first wrong step, so it cannot tell a later step that
+    would choose well from one that cannot. Here every step starts from the true parent:
+    ``step_accuracy`` is the share choosing the true child, ``true_child_rank`` the true
+    child's mean rank among the k² (0 = first; a guess averages (k² - 1) / 2, and more than
+    that means the policy steers away from the truth, as it does from cells that held no
+    training photo).
+    """
+    model = loc.model
+    paths = torch.as_tensor(samples.paths, device=loc.device)
+    logits = torch.cat(
+        [
+            model.policy(chunk_street, loc.sat.of_prefixes(chunk_paths, range(model.grid.levels)), chunk_paths)
+            for chunk_street, chunk_paths in zip(street.split(DECODE_CHUNK), paths.split(DECODE_CHUNK))
+        ]
+    )
+    true = logits.gather(-1, paths[..., None])
+    rank = (logits > true).sum(-1).float()
+    return {
+        "step_accuracy": [float(v) for v in 100 * (rank == 0).float().mean(0)],
+        "true_child_rank": [float(v) for v in rank.mean(0)],
+    }
+
+
+def _latency_ms(loc: Localizer, samples: Samples, beam: int) -> dict[str, float]:
+    """Per-query wall time of ``Localizer.localize`` on single photos (p50, p95)."""
+    paths = samples.image_paths[: WARMUP + LATENCY_QUERIES]
+    times = []
+    for i, path in enumerate(paths):
+        start = time.perf_counter()
+        loc.localize([path], beam=beam, topk=1)
+        if i >= WARMUP or len(paths) <= WARMUP:
+            times.append(1000 * (time.perf_counter() - start))
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB) since it started its program.
+
+    Linux's VmHWM (``/proc/self/status``) belongs to the running program; ``getrusage``'s
+    ``ru_maxrss`` also keeps what the process held before ``exec`` — for a process spawned by
+    the benchmark, its parent's peak, training included — so it is only the fallback elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def plot_error_cdfs(panels: dict[str, dict[str, np.ndarray]], png: Path) -> None:
+    """Cumulative share of queries within each error: a panel per title of ``panels``, a curve per
+    model of the panel, thresholds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, errors) in zip(axes[0], panels.items()):
+        for name, e in errors.items():
+            e = np.sort(np.asarray(e))
+            ax.step(np.maximum(e, 0.1), np.arange(1, len(e) + 1) / len(e) * 100, where="post", label=name)
+        for d in RECALL_AT_1_M:
+            ax.axvline(d, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("error (m, geodesic)")
+        ax.set_ylabel("queries within error (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

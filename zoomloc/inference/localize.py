@@ -1,0 +1,186 @@
+"""The Python API: load a trained model with a city's pyramid, localize photos.
+
+::
+
+    loc = Localizer.load("runs/demo", pyramid="cities/demo/pyramid.h5")
+    for r in loc.localize(["photo.jpg"], beam=4, topk=4):
+        print(r.lat, r.lon, r.probability)
+
+Satellite view embeddings come from a cache beside the pyramid (computed on first use for the
+model's satellite-encoder weights), so a query costs one street-view encoder pass and L policy
+steps per beam, whatever the size of the map. A retrieval model (:mod:`zoomloc.models.retrieval`)
+goes through the same class: its database is built from the same cache when it loads, and a
+query is one street pass and one exact search; ``beam`` does not apply to it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from zoomloc.data.photos import load_photo
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.geo.pyramid import PyramidReader
+from zoomloc.inference.confidence import guess_warning
+from zoomloc.inference.localization import Candidate, Localization, Step
+from zoomloc.models.beam import BeamResult, beam_search
+from zoomloc.models.checkpoint import load_model
+from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings
+from zoomloc.models.retrieval import RetrievalModel
+from zoomloc.models.zoom import Model, ZoomModel
+
+BATCH = 32
+DECODE_CHUNK = 256  # queries decoded at once: a beam holds queries × beam sequences of activations
+
+
+def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of terminal cells' centres, moved by ``offsets`` (cell sides, dx east, dy south) if given."""
+    x, y = grid.centre_xy_of_path(paths)
+    if offsets is not None:
+        x = x + offsets[..., 0] * grid.terminal_m
+        y = y - offsets[..., 1] * grid.terminal_m
+    return grid.to_lonlat(x, y)
+
+
+def off_map_warning(grid: ZoomGrid, outside_m: float) -> str:
+    """Why an answer says nothing for a photo whose known position is ``outside_m`` metres off the map."""
+    lon, lat = grid.region_polygon_lonlat().centroid.coords[0]
+    far = f"{outside_m / 1000:,.0f} km" if outside_m >= 10_000 else f"{outside_m:,.0f} m"
+    return (
+        f"its GPS position lies {far} outside the map ({grid.side_m / 1000:g} km square around lat {lat:.4f}, lon {lon:.4f}): "
+        "the answer is the map's closest match, not where the photo was taken"
+    )
+
+
+def decode(model: ZoomModel, street_emb: Tensor, sat: SatEmbeddings, beam: int = 1, topk: int = 1) -> list[BeamResult]:
+    """Free-running decoding of street embeddings ``[Q, D]`` (beam 1: greedy)."""
+    return beam_search(model.policy, street_emb, sat.of_paths, beam=beam, topk=topk)
+
+
+def predicted_positions(model: Model, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat ``[Q, K]`` of each query's K candidates."""
+    paths = np.stack([r.paths.cpu().numpy() for r in results])
+    offsets = np.stack([r.offsets.cpu().numpy() for r in results]) if results[0].offsets is not None else None
+    return positions_of(model.grid, paths, offsets)
+
+
+class Localizer:
+    """A trained model (zoom or retrieval) bound to a city's pyramid and its cached view embeddings."""
+
+    def __init__(self, model: Model, sat: SatEmbeddings, device: torch.device | str = "cpu", guess_factor: float | None = None):
+        """``sat`` needs the tables the model reads (its ``sat_prefixes``); a retrieval model's
+        database is built from them here, after which only a zoom model keeps them. A zoom model's
+        ``guess_factor`` (:mod:`zoomloc.inference.confidence`, calibrated when it was selected) makes answers
+        no surer than a guess carry a warning."""
+        self.model = model.to(device).eval()
+        self.guess_factor = guess_factor if isinstance(model, ZoomModel) else None
+        self.device = torch.device(device)
+        self.transforms = model.encoders.transforms()
+        start = time.perf_counter()
+        self.database = model.database(sat.to(device)) if isinstance(model, RetrievalModel) else None
+        self.sat = sat.only(() if self.database is not None else model.sat_prefixes).to(device)
+        # Embedding every view (whenever the cache was made) plus building the database.
+        self.index_build_s = sat.build_s + time.perf_counter() - start
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | os.PathLike,
+        pyramid: str | os.PathLike,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> Localizer:
+        """A run folder (or checkpoint) and the pyramid it zooms over (built for the same grid)."""
+        model, info = load_model(model_path, device)
+        with PyramidReader(pyramid) as pyr:
+            pyr.check_grid(model.grid)
+            sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.sat_prefixes, progress=progress)
+        return cls(model, sat, device, guess_factor=info.get("val", {}).get("guess_factor"))
+
+    @torch.no_grad()
+    def embed_photos(self, images: Sequence[str | os.PathLike | Image.Image]) -> Tensor:
+        """Street embeddings ``[N, D]`` of photos (paths or PIL images), in batches."""
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = [img if isinstance(img, Image.Image) else load_photo(img) for img in images[start : start + BATCH]]
+            x = torch.stack([self.transforms.street(img) for img in batch]).to(self.device)
+            out.append(self.model.encode_street(x))
+        return torch.cat(out)
+
+    def localize(
+        self,
+        images: Sequence[str | os.PathLike | Image.Image],
+        *,
+        beam: int = 4,
+        topk: int = 4,
+        truths: Sequence[tuple[float, float] | None] | None = None,
+    ) -> list[Localization]:
+        """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error."""
+        names = [getattr(img, "filename", "") or "<image>" if isinstance(img, Image.Image) else str(img) for img in images]
+        return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths)
+
+    def search(self, street_emb: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+        """The best terminal cells of each query ``[Q, D]``, best first.
+
+        A zoom model's are the ``topk`` best paths of a beam search of width ``max(beam, topk)``:
+        a search keeps only ``beam`` paths, so asking for more candidates widens it. A retrieval
+        model's are the ``topk`` most similar cells of an exact search (``beam`` does not apply).
+        Both go by chunks of queries, so memory does not grow with their number.
+        """
+        if self.database is not None:
+            return self.database.search(street_emb, topk)
+        chunks = street_emb.split(DECODE_CHUNK)
+        return [r for chunk in chunks for r in decode(self.model, chunk, self.sat, beam=max(beam, topk), topk=topk)]
+
+    @torch.no_grad()
+    def localize_embeddings(
+        self,
+        street_emb: Tensor,
+        names: Sequence[str],
+        *,
+        beam: int = 4,
+        topk: int = 4,
+        truths: Sequence[tuple[float, float] | None] | None = None,
+    ) -> list[Localization]:
+        """Localize from precomputed street embeddings ``[N, D]`` (see :meth:`search`)."""
+        grid = self.model.grid
+        results = self.search(street_emb.to(self.device), beam=beam, topk=topk)
+        lon, lat = predicted_positions(self.model, results)
+        out = []
+        for i, r in enumerate(results):
+            paths = r.paths.cpu().numpy()
+            probs = r.log_probs.exp().cpu().numpy()
+            steps = tuple(
+                Step(level + 1, int(grid.cell_of_path(paths[0, : level + 1])), float(r.step_probs[0, level]))
+                for level in range(grid.levels)
+            )
+            candidates = tuple(
+                Candidate(float(lon[i, j]), float(lat[i, j]), float(probs[j]), tuple(int(a) for a in paths[j])) for j in range(len(paths))
+            )
+            truth = truths[i] if truths is not None else None
+            outside_m = None if truth is None else grid.outside_m(*truth)
+            guess = None if self.guess_factor is None else guess_warning(steps[0].probability, self.guess_factor, grid.k**2)
+            out.append(
+                Localization(
+                    image=names[i],
+                    lon=candidates[0].lon,
+                    lat=candidates[0].lat,
+                    cell_size_m=grid.terminal_m,
+                    probability=candidates[0].probability,
+                    path=steps,
+                    candidates=candidates,
+                    true_lon=None if truth is None else float(truth[0]),
+                    true_lat=None if truth is None else float(truth[1]),
+                    inside_map=None if outside_m is None else outside_m == 0,
+                    warnings=tuple(w for w in (outside_m and off_map_warning(grid, outside_m), guess) if w),
+                )
+            )
+        return out

@@ -1,0 +1,194 @@
+"""The contrastive retrieval baseline (Sample4Geo-style): photos and map cells in one embedding space.
+
+The zoom model's rival, built to differ from it in the method only: the same view encoders
+(:func:`zoomloc.models.encoders.build_encoder`, one :class:`~zoomloc.models.encoders.EncoderConfig`: backbone,
+weights, image sizes, freezing), a linear head per view to ``dim`` and L2 normalisation.
+Training pulls each photo towards its terminal cell's context crop and away from every other
+pair of its batch (symmetric InfoNCE, learnable temperature). The database is every terminal
+cell's context crop; a query is answered by exact cosine search — one matrix product — and the
+most similar cell's centre is the answer.
+
+False negatives: two photos of one terminal cell in a batch have the same satellite crop, so
+each would be the other's "negative" although it is the very image of its own positive.
+:func:`contrastive_logits` masks those pairs out. Masking rather than batches of unique cells:
+forbidding repeats would under-sample the cells with many photos and tie the batching to the
+kind of model, while the mask costs one comparison of the batch's cells.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.models.beam import BeamResult
+from zoomloc.models.encoders import build_encoder
+
+if TYPE_CHECKING:  # model.py imports this module for RetrievalConfig
+    from zoomloc.models.embeddings import SatEmbeddings
+    from zoomloc.models.zoom import ModelConfig
+
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: a temperature below 0.01 makes the loss unstable
+SEARCH_CHUNK = 1 << 22  # similarities held at once (queries × cells) by exact search
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """The retrieval model's own settings; its encoders are ``ModelConfig.encoder``, as the zoom model's.
+
+    ``neighbour_batching`` fills training batches with groups of ``neighbour_group`` photos
+    taken within ``neighbour_radius_m`` of each other, in different terminal cells (Sample4Geo's
+    GPS sampling: negatives from the same street, not only from across the city).
+    ``neighbour_group`` must divide the batch size, so that no group is cut between batches.
+    """
+
+    dim: int = 256
+    init_temperature: float = 0.07
+    neighbour_batching: bool = False
+    neighbour_radius_m: float = 100.0
+    neighbour_group: int = 4
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.neighbour_group < 2:
+            raise ValueError(f"dim must be positive and neighbour_group at least 2, got {self.dim} and {self.neighbour_group}")
+        if not 1 / MAX_LOGIT_SCALE <= self.init_temperature <= 1:
+            raise ValueError(f"init_temperature must lie in [{1 / MAX_LOGIT_SCALE}, 1], got {self.init_temperature}")
+        if not self.neighbour_radius_m > 0:
+            raise ValueError(f"neighbour_radius_m must be positive, got {self.neighbour_radius_m}")
+
+
+class RetrievalModel(nn.Module):
+    """Street and satellite encoders with a projection head each, and the similarity scale."""
+
+    def __init__(self, cfg: ModelConfig, grid: ZoomGrid):
+        super().__init__()
+        self.cfg, self.grid = cfg, grid
+        self.encoders = build_encoder(cfg.encoder)
+        features, dim = self.encoders.num_features, cfg.retrieval.dim
+        self.street_head = nn.Linear(features, dim)
+        self.sat_head = nn.Linear(features, dim)
+        # Learned in log space, as CLIP: the scale stays positive and moves by ratios.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.retrieval.init_temperature)))
+
+    @property
+    def sat_prefixes(self) -> tuple[int, ...]:
+        """The satellite input of a training sample: its full path's view, the terminal context crop."""
+        return (self.grid.levels,)
+
+    def scale(self) -> Tensor:
+        """The similarity scale (1 / temperature), clamped at :data:`MAX_LOGIT_SCALE`."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
+        """Unit-length embeddings ``[B, dim]`` of street images, or of their cached trunk outputs
+        (``trunk``; see :meth:`ViewEncoders.encode_street`)."""
+        return F.normalize(self.street_head(self.encoders.encode_street(images, trunk=trunk)), dim=-1)
+
+    def embed_sat(self, features: Tensor) -> Tensor:
+        """Unit-length embeddings ``[..., dim]`` of satellite backbone features ``[..., D]`` (e.g. cached)."""
+        return F.normalize(self.sat_head(features), dim=-1)
+
+    def forward(self, images: Tensor, paths: Tensor, sats: Tensor, *, trunk: bool = False) -> Tensor:
+        """Training logits ``[B, B]`` of every photo against every context crop of the batch.
+
+        ``images`` are photos, or with ``trunk`` their street-cache entries; ``paths`` ``[B, L]``
+        name each pair's terminal cell (for the false-negative mask);
+        ``sats`` is the crop's cached backbone feature ``[B, 1, D]`` or, when the satellite
+        encoder trains, the crop ``[B, 1, 3, s, s]`` (encoded here, so that DDP sees it).
+        """
+        sat = self.embed_sat(self.encoders.sat_features(sats)[:, 0])
+        return contrastive_logits(self.encode_street(images, trunk=trunk), sat, self.scale(), _cell_ids(paths, self.grid.k))
+
+    @torch.no_grad()
+    def database(self, sat: SatEmbeddings) -> RetrievalIndex:
+        """The search index of a pyramid: its terminal context crops' embeddings, from ``sat``'s cached features."""
+        return RetrievalIndex(self.embed_sat(sat.terminal).float(), float(self.scale()), self.grid)
+
+
+def _cell_ids(paths: Tensor, k: int) -> Tensor:
+    """One integer per path ``[B, L]``, equal for equal paths (the path read as a base-k² number)."""
+    weights = (k * k) ** torch.arange(paths.shape[1] - 1, -1, -1, device=paths.device)
+    return (paths * weights).sum(1)
+
+
+# ---------------------------------------------------------------------- loss
+def contrastive_logits(street: Tensor, sat: Tensor, logit_scale: Tensor | float, cells: Tensor | None = None) -> Tensor:
+    """Scaled cosine similarities ``[B, B]`` of photos (rows) and satellite crops (columns), in float32.
+
+    With ``cells`` (``[B]``, each pair's terminal cell), a photo's similarity to another pair's
+    crop of its own cell is masked (-inf): that crop is its own positive's image, no negative.
+    The mask is symmetric, so columns (crop → photos) are masked alike.
+    """
+    logits = logit_scale * street.float() @ sat.float().T
+    if cells is not None:
+        same = (cells[:, None] == cells[None, :]) & ~torch.eye(len(cells), dtype=torch.bool, device=cells.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    return logits
+
+
+def info_nce(logits: Tensor) -> Tensor:
+    """Symmetric InfoNCE of in-batch logits ``[B, B]`` (pair i on the diagonal): photo → crop and crop → photo.
+
+    No label smoothing (unlike the zoom steps): it would spread target mass onto masked pairs.
+    """
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+# ---------------------------------------------------------------------- search
+class RetrievalIndex:
+    """Exact cosine search over every terminal cell of a grid.
+
+    ``embeddings`` ``[N, dim]`` (unit rows, cell index order) are the database; a query's
+    probabilities are the softmax of its scaled similarities over all N cells. A result reads
+    like a zoom path: its steps are the cells of each level holding the answer, each with its
+    share of the probability of the cell one level up, so their product is the answer's
+    probability, as for the zoom model.
+    """
+
+    def __init__(self, embeddings: Tensor, logit_scale: float, grid: ZoomGrid):
+        self.embeddings, self.logit_scale, self.grid = embeddings, logit_scale, grid
+        cells = np.arange(grid.n_cells(grid.levels))
+        paths = grid.path_of_cell(grid.levels, cells)
+        device = embeddings.device
+        self.paths = torch.from_numpy(paths).to(device)  # [N, L]
+        # ancestors[l - 1][c]: the level-l cell holding terminal cell c, for l = 1..L.
+        self.ancestors = [torch.from_numpy(grid.cell_of_path(paths[:, :level])).to(device) for level in range(1, grid.levels + 1)]
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @torch.no_grad()
+    def search(self, street: Tensor, topk: int) -> list[BeamResult]:
+        """The ``topk`` most similar cells of each unit street embedding ``[Q, dim]``, best first.
+
+        Queries go in chunks of at most :data:`SEARCH_CHUNK` similarities, so a city of any
+        size is searched in bounded memory.
+        """
+        topk = min(topk, len(self))
+        out: list[BeamResult] = []
+        for chunk in street.split(max(1, SEARCH_CHUNK // len(self))):
+            logp = (self.logit_scale * chunk.float() @ self.embeddings.T).log_softmax(1)  # [q, N]
+            top_logp, cells = logp.topk(topk, dim=1)
+            step_probs = self._step_probs(logp, cells)
+            out += [BeamResult(self.paths[c], lp, sp) for c, lp, sp in zip(cells, top_logp, step_probs)]
+        return out
+
+    def _step_probs(self, logp: Tensor, cells: Tensor) -> Tensor:
+        """``[q, topk, L]``: P(level-l cell of each candidate | its level-(l-1) cell).
+
+        In float64: with a scale of 100 a cell's probability can be ~1e-90, below float32.
+        """
+        p = logp.double().exp()
+        marginals = [torch.ones_like(cells, dtype=torch.float64)]
+        for level, ancestor in enumerate(self.ancestors, start=1):
+            per_cell = p.new_zeros(len(p), self.grid.n_cells(level)).index_add_(1, ancestor, p)
+            marginals.append(per_cell.gather(1, ancestor[cells]))
+        m = torch.stack(marginals, dim=2)
+        return (m[..., 1:] / m[..., :-1]).float()

@@ -1,0 +1,112 @@
+"""The street encoder cut in two: a frozen trunk, whose outputs can be computed once and cached,
+and the tail that trains.
+
+A street encoder frozen but for its last blocks gives the same trunk output for a photo (and an
+augmentation of it) at every epoch, and that trunk is nearly all of a training step's cost on a
+CPU. :func:`cut_backbone` finds the cut — right before the first module with a trainable
+parameter — so :mod:`zoomloc.data.street_cache` can store the trunk's output once and training runs
+only the tail. Fully frozen (``freeze: all``), the trunk is the whole backbone and the cache holds
+the pooled embedding.
+
+timm backbones run ``forward_features`` (a chain of modules: stem, stages, head convolution) and
+then ``forward_head`` (pooling). The chain is read from the backbone's children before
+``global_pool``, opening ``nn.Sequential`` containers that are partly frozen; the cut is then
+checked once against the backbone's own forward, so a model whose ``forward_features`` is no such
+chain is refused in one line instead of trained on wrong features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zoomloc.core.errors import InputError
+
+POOLED = "pooled"  # the cut of a fully frozen backbone: the cache holds its pooled output
+_CHECK_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class BackboneCut:
+    """A backbone as ``tail(trunk(x))``; the modules are the backbone's own (no copies).
+
+    ``at`` names the cut: the first trainable module (``blocks.6``, ``conv_head``), or
+    :data:`POOLED` when nothing trains.
+    """
+
+    trunk: nn.Module
+    tail: nn.Module
+    at: str
+
+    @property
+    def pooled(self) -> bool:
+        return self.at == POOLED
+
+
+class _Tail(nn.Module):
+    """The rest of ``forward_features`` from the cut on, then the backbone's own pooling head."""
+
+    def __init__(self, backbone: nn.Module, rest: nn.Sequential):
+        super().__init__()
+        self.rest = rest
+        self.head = backbone.forward_head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rest(x))
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _chain(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``forward_features``' modules in order, partly frozen ``nn.Sequential`` containers opened."""
+    children = list(backbone.named_children())
+    names = [n for n, _ in children]
+    if "global_pool" not in names or not hasattr(backbone, "forward_head"):
+        return []
+    chain: list[tuple[str, nn.Module]] = []
+
+    def add(name: str, module: nn.Module) -> None:
+        mixed = _trains(module) and not all(p.requires_grad for p in module.parameters())
+        if isinstance(module, nn.Sequential) and mixed:
+            for child_name, child in module.named_children():
+                add(f"{name}.{child_name}", child)
+        else:
+            chain.append((name, module))
+
+    for name, module in children[: names.index("global_pool")]:
+        add(name, module)
+    return chain
+
+
+def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, int]) -> BackboneCut:
+    """``backbone`` cut before its first trainable module; a one-line error if it cannot be cut.
+
+    ``input_size`` (height, width) is what the check runs on; the check compares the two halves'
+    composition with the backbone's forward in eval mode.
+    """
+    if not _trains(backbone):
+        return BackboneCut(backbone, nn.Identity(), POOLED)
+    chain = _chain(backbone)
+    first = next((i for i, (_, m) in enumerate(chain) if _trains(m)), None)
+    refusal = f"the street encoder {model_name} cannot be cut at its freeze boundary for the street cache"
+    if first is None or first == 0:
+        raise InputError(f"{refusal} (its first layer trains or its forward is no chain of modules); use freeze: all or no street cache")
+    trunk = nn.Sequential(*(m for _, m in chain[:first]))
+    cut = BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), chain[first][0])
+    modes = {m: m.training for m in backbone.modules()}  # frozen norm layers stay in eval (ViewEncoders.train)
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            x = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
+            x = x.to(next(backbone.parameters()).device)
+            same = torch.allclose(cut.tail(cut.trunk(x)), backbone(x), atol=_CHECK_TOLERANCE, rtol=_CHECK_TOLERANCE)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if not same:
+        raise InputError(f"{refusal} (trunk and tail do not compose to its forward); use freeze: all or no street cache")
+    return cut

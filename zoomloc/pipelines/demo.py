@@ -1,0 +1,101 @@
+"""The embedded default: the demo city and its model, built end to end by ``zoomloc demo`` (``make demo``).
+
+The demo is the main job on data the project generates itself: a synthetic city from
+``configs/cities/demo.yaml``, its tile pyramid, its photos split at random (the paper's
+protocol: new photos of a city the model learned), a zoom model and the retrieval baseline trained
+on the training photos for a few minutes (``configs/demo_model.yaml``, ``demo_retrieval.yaml``),
+both evaluated on the held-out test photos and printed beside the nearest training photo and a
+random cell, a few test photos localized and drawn on ``map.html``. Each stage is skipped when its
+output already exists (outputs are written atomically, so an existing file is complete), which
+makes a second ``make demo`` cheap; an interrupted training resumes.
+
+The folder it builds (:class:`~zoomloc.inference.embedded.DemoPaths`) is also what ``zoomloc localize`` uses
+when given no ``--model``/``--city`` (:mod:`zoomloc.inference.embedded` finds it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.split import SplitConfig
+from zoomloc.core.config import load_yaml
+from zoomloc.data.samples import Samples
+from zoomloc.evaluation.evaluate import evaluate_run
+from zoomloc.geo.pyramid import PyramidReader, PyramidSpec
+from zoomloc.inference.embedded import REPO, DemoPaths
+from zoomloc.inference.localize import Localizer
+from zoomloc.inference.report import describe
+from zoomloc.inference.viz import localization_map, save_map
+from zoomloc.pipelines.stages import Stages
+
+DEFAULT_DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo builds; ``city`` and ``model`` are config files relative to this config's folder."""
+
+    city: str = "cities/demo.yaml"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    pyramid: PyramidSpec = field(default_factory=PyramidSpec)
+    model: str = "demo_model.yaml"
+    retrieval: str = "demo_retrieval.yaml"  # the baseline the zoom model is printed against
+    show: int = 6  # held-out photos localized, printed and drawn on the map
+    beam: int = 4
+
+    def __post_init__(self) -> None:
+        if self.show < 1 or self.beam < 1:
+            raise ValueError("show and beam must be at least 1")
+
+
+def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -> list[str]:
+    """Build (or complete) the demo under ``out_dir`` and return what was done, one block per stage."""
+    config = Path(DEFAULT_DEMO_CONFIG if config is None else config)
+    cfg = load_yaml(DemoConfig, config)
+    demo = DemoPaths(Path(out_dir))
+    stages = Stages()
+    stages.city(demo.city, config.parent / cfg.city, cfg.pyramid, progress)
+    stages.split(demo.city, cfg.split)
+    stages.model("model", demo.city, config.parent / cfg.model, demo.model, progress)
+    stages.model("retrieval model", demo.city, config.parent / cfg.retrieval, demo.retrieval, progress)
+    stages.run(
+        "evaluation",
+        demo.metrics.is_file(),
+        lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, progress=progress),
+    )
+    stages.run(
+        "retrieval evaluation",
+        demo.retrieval_metrics.is_file(),
+        lambda: evaluate_run(
+            demo.city.root, demo.retrieval, split="test", out=demo.retrieval_metrics, with_references=False, progress=progress
+        ),
+    )
+    return [*stages.report, comparison(demo), _localize_held_out(demo, cfg)]
+
+
+def comparison(demo: DemoPaths) -> str:
+    """The zoom model against the retrieval baseline and the two references, on the same test photos."""
+    zoom, retrieval = (json.loads(path.read_text()) for path in (demo.metrics, demo.retrieval_metrics))
+    rows = {"zoom": zoom, "retrieval": retrieval, **{name.replace("_", " "): m for name, m in zoom["references"].items()}}
+    lines = [f"on the {zoom['n_queries']} held-out test photos, R@1 within 25 / 50 / 100 m and median error:"]
+    for name, m in rows.items():
+        r = m["recall_at_1"]
+        lines.append(f"  {name:<14} {r['25']:5.1f} / {r['50']:5.1f} / {r['100']:5.1f} %   {m['median_error_m']:7.1f} m")
+    return "\n".join(lines)
+
+
+def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
+    """Localize the first ``cfg.show`` test photos, print them and draw them on ``map.html``."""
+    loc = Localizer.load(demo.model, demo.city.pyramid_path, progress=False)
+    samples = Samples.from_city(demo.city, "test", loc.model.grid)
+    n = min(cfg.show, len(samples))
+    truths = list(zip(samples.lon[:n], samples.lat[:n]))
+    results = loc.localize(samples.image_paths[:n], beam=cfg.beam, topk=cfg.beam, truths=truths)
+    with PyramidReader(demo.city.pyramid_path) as pyr:
+        save_map(localization_map(results, pyr), demo.map)
+    lines = [f"{n} held-out test photos (distance = to the photo's true position):"]
+    lines += [describe(r, truth="the true position") for r in results]
+    lines.append(f"map: {demo.map}")
+    return "\n".join(lines)
