@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # them offline); other versions would download gigabytes.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all notebook install clean-demo
+.PHONY: demo test test-all lint notebook install clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,15 +21,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zoomloc demo --out out/demo
 
-# `make test`: everything but the end-to-end runs marked `slow` (minutes on 2 idle cores);
-# `make test-all` (what CI runs): all of it. Both list the slowest tests and why any was skipped.
+# `make test`: the checks of the code's shape (ruff's format and lint, the import layers of
+# pyproject.toml's [tool.importlinter]), then everything but the end-to-end runs marked `slow`
+# (minutes on 2 idle cores); `make test-all` (what CI runs): the same with the slow runs. Both list
+# the slowest tests and why any was skipped.
 PYTEST := $(BIN)/python -m pytest -q --durations=15 -rs tests
 
-test: $(STAMP)
+test: lint
 	$(PYTEST) -m "not slow"
 
-test-all: $(STAMP)
+test-all: lint
 	$(PYTEST)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The notebook on the embedded default, top to bottom (a copy under out/demo keeps its outputs;
 # open it there in Jupyter).

@@ -65,7 +65,7 @@ from zoomloc.core.atomic import atomic_path
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.inference.localize import Localizer
 from zoomloc.models.embeddings import SatEmbeddings
-from zoomloc.models.zoom import ModelConfig, build_model
+from zoomloc.models.registry import ModelConfig, build_model
 from zoomloc.training.trainer import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,10 +128,7 @@ def n_views(grid: ZoomGrid) -> int:
 
 def map_mb(loc: Localizer) -> float:
     """What the method needs in memory for the map, from tensor shapes (see the docstring)."""
-    tensors = [t for t in (*loc.sat.levels, loc.sat.terminal) if t is not None]  # what the Localizer kept
-    if loc.database is not None:
-        tensors.append(loc.database.embeddings)
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+    return loc.index.embedding_bytes / 2**20
 
 
 def rss_mb() -> float | None:

@@ -31,7 +31,7 @@ from zoomloc.core.atomic import write_text
 from zoomloc.data.street_cache import StreetCacheSpec, street_cache
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
-from zoomloc.models.zoom import build_model
+from zoomloc.models.registry import build_model
 from zoomloc.pipelines.benchmark import machine
 from zoomloc.training.trainer import RunConfig, load_run_config, train
 

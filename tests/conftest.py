@@ -73,7 +73,7 @@ def changed_sat_weights(run: Path, config: Path) -> list[str]:
     import torch
 
     from zoomloc.models.checkpoint import load_model
-    from zoomloc.models.zoom import build_model
+    from zoomloc.models.registry import build_model
     from zoomloc.training.trainer import load_run_config
 
     trained, _ = load_model(run)

@@ -10,7 +10,7 @@ import pytest
 
 from zoomloc.cli.main import main
 from zoomloc.data.samples import Samples
-from zoomloc.evaluation.evaluate import accuracy, street_embeddings, teacher_forced
+from zoomloc.evaluation.evaluate import accuracy, street_embeddings
 from zoomloc.evaluation.metrics import RECALL_AT_1_M
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
@@ -57,7 +57,7 @@ def test_teacher_forced_steps_agree_with_greedy_decoding(trained_run, tiny_city,
     samples = Samples.from_city(city, "test", loc.model.grid)
     street = street_embeddings(loc, samples, workers=0)
     _, m = accuracy(loc, street, samples, beam=1)
-    tf = teacher_forced(loc, street, samples)
+    tf = loc.index.teacher_forced(street, samples.paths)
     assert m["teacher_forced"] == tf
     assert tf["step_accuracy"][0] == pytest.approx(m["step_accuracy"][0])
     assert m["step_accuracy"][1] <= tf["step_accuracy"][1] + 1e-9

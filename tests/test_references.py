@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
 from zoomloc.data.photos import AugmentConfig
 from zoomloc.data.samples import Samples
-from zoomloc.evaluation.references import cache_views_of_run, frozen_copy, nearest_photo_metrics, random_cell_metrics
+from zoomloc.data.street_cache import CacheViews
+from zoomloc.evaluation.references import frozen_copy, nearest_photo_metrics, random_cell_metrics
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
-from zoomloc.models.checkpoint import BEST, RUN_CONFIG, load_model
+from zoomloc.models.checkpoint import LAST, RUN_CONFIG, load_model, read_info
 from zoomloc.models.embeddings import weights_fingerprint
 from zoomloc.models.encoders import EncoderConfig, build_encoder
 from zoomloc.training.trainer import load_run_config
@@ -36,10 +38,14 @@ def test_nearest_photo_reference(tiny_city):
 
 
 def test_the_nearest_photo_reads_the_street_cache_its_run_trained_with(trained_run):
-    """``zoomloc evaluate`` names the cache from the run's config.yaml, so that no photo is encoded again."""
+    """Every checkpoint names the street cache its run read, so that ``zoomloc evaluate`` encodes no photo again."""
     train = load_run_config(trained_run / RUN_CONFIG).train
-    assert cache_views_of_run(trained_run) == (train.augment, train.cache_views, train.seed)
-    assert cache_views_of_run(trained_run / BEST) == (AugmentConfig(), 0, 0)  # a bare checkpoint: plain crops
+    expected = CacheViews(train.augment, train.cache_views, train.seed)
+    assert CacheViews.of_info(read_info(trained_run)) == expected
+    assert CacheViews.of_info(read_info(trained_run / LAST)) == expected
+    other = CacheViews(AugmentConfig(colour=0.1, jpeg_quality=(50, 60)), views=3, seed=7)
+    assert CacheViews.of_info(json.loads(json.dumps({"street_cache": other.to_info()}))) == other  # as a checkpoint stores it
+    assert CacheViews.of_info({}) == CacheViews()  # a checkpoint saved without it: the plain crops
 
 
 def test_the_reference_freezes_the_models_own_weights(trained_run):
@@ -47,7 +53,7 @@ def test_the_reference_freezes_the_models_own_weights(trained_run):
     not rebuild a randomly initialised encoder from it, but freeze the model's own, whose trunk
     is the one training cached."""
     model, _ = load_model(trained_run)
-    assert model.cfg.encoder.weights == "none"
+    assert model.encoder_cfg.weights == "none"
     trained = load_run_config(trained_run / RUN_CONFIG).model.encoder
     expected = build_encoder(dataclasses.replace(trained, freeze="all", sat_freeze="all"))
     assert weights_fingerprint(frozen_copy(model.encoders).street_cut.trunk) == weights_fingerprint(expected.street_cut.trunk)

@@ -125,7 +125,7 @@ def test_training_lowers_the_loss_and_beats_random_cells(retrieval_run, tiny_cit
 
 def test_checkpoint_reloads_to_identical_outputs(retrieval_run, tmp_path):
     model, _ = load_model(retrieval_run)
-    assert isinstance(model, RetrievalModel) and model.cfg.kind == "retrieval"
+    assert isinstance(model, RetrievalModel) and model.kind == "retrieval"
     save_checkpoint(tmp_path / "m.safetensors", model, {"note": "x"})
     again, info = load_model(tmp_path / "m.safetensors")
     assert info == {"note": "x"}
@@ -148,8 +148,8 @@ def test_cached_database_equals_live_encoding_and_search_is_exact(retrieval_run,
     tf = model.encoders.transforms()
     with torch.no_grad():
         live = model.embed_sat(model.encoders.encode_sat(torch.stack([tf.sat(torch.from_numpy(c).permute(2, 0, 1)) for c in crops])))
-    torch.testing.assert_close(loc.database.embeddings, live, rtol=0, atol=1e-5)
-    assert loc.sat.terminal is None and all(t is None for t in loc.sat.levels)  # the database is all it keeps
+    torch.testing.assert_close(loc.index.embeddings, live, rtol=0, atol=1e-5)
+    assert loc.index.embedding_bytes == live.numel() * 4  # the database is all it keeps
 
     photos = sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:6]
     results = loc.localize(photos, beam=1, topk=4)  # beam does not limit a search

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,10 +19,11 @@ from conftest import changed_sat_weights, untimed_records, write_run_config  # t
 
 from data_prep.split import SplitConfig, split_city
 from zoomloc.cli.main import main
+from zoomloc.core.errors import ConfigError
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.localize import Localizer
 from zoomloc.models.checkpoint import load_model, save_checkpoint
-from zoomloc.models.zoom import ZoomModel
+from zoomloc.models.registry import build_model
 from zoomloc.training.trainer import load_run_config
 
 
@@ -52,7 +54,7 @@ def test_checkpoint_reloads_to_identical_outputs(tiny_city, tmp_path):
     with PyramidReader(tiny_city / "pyramid.h5") as pyr:
         grid, views = pyr.grid, torch.from_numpy(pyr.views(1, np.arange(4))).permute(0, 3, 1, 2)
     cfg = load_run_config(write_run_config(tmp_path)).model
-    model = ZoomModel(cfg, grid).eval()
+    model = build_model(cfg, grid).eval()
     save_checkpoint(tmp_path / "m.safetensors", model, {"note": "x"})
     again, info = load_model(tmp_path / "m.safetensors")
     assert info == {"note": "x"}
@@ -69,7 +71,7 @@ def test_every_checkpoint_loads_whatever_its_header_length(tiny_city, tmp_path):
     pickle's first byte, and such a checkpoint was once refused as a pickle."""
     with PyramidReader(tiny_city / "pyramid.h5") as pyr:
         grid = pyr.grid
-    model = ZoomModel(load_run_config(write_run_config(tmp_path)).model, grid).eval()
+    model = build_model(load_run_config(write_run_config(tmp_path)).model, grid).eval()
     path = tmp_path / "m.safetensors"
     for note in range(0, 256, 8):  # headers are padded to 8 bytes: 32 lengths cover every first byte
         save_checkpoint(path, model, {"note": "x" * note})
@@ -95,9 +97,9 @@ def test_cached_embeddings_give_the_same_answers_as_live_encoding(trained_run, t
         views = pyr.context(cells) if level == pyr.grid.levels else pyr.views(level, cells)
         x = torch.stack([tf.sat(torch.from_numpy(v).permute(2, 0, 1)) for v in views])
         with torch.no_grad():
-            return loc.model.encode_sat(x)
+            return loc.model.encoders.encode_sat(x)
 
-    loc.sat.of_paths = live  # the decoder asks for views through this one function
+    loc.index.sat.of_paths = live  # the decoder asks for views through this one function
     fresh = loc.localize(photos, beam=3, topk=3)
     for a, b in zip(cached, fresh):
         assert a.actions == b.actions
@@ -114,12 +116,12 @@ def test_localizer_holds_only_the_tables_its_model_reads(trained_run, tiny_city,
         stored = sorted(f)
         build_s = f.attrs["build_s"]
     assert stored == ["level_0", "level_1", "terminal"]
-    assert all(t is not None for t in loc.sat.levels) and loc.sat.terminal is None
+    assert all(t is not None for t in loc.index.sat.levels) and loc.index.sat.terminal is None
     assert loc.index_build_s >= build_s > 0
     again = Localizer.load(trained_run, tiny_city / "pyramid.h5", cache_dir=tmp_path, progress=False)
-    assert again.sat.terminal is None and again.index_build_s == pytest.approx(loc.index_build_s, abs=0.5)
+    assert again.index.sat.terminal is None and again.index_build_s == pytest.approx(loc.index_build_s, abs=0.5)
     with pytest.raises(ValueError, match="length 2 were not loaded"):
-        again.sat.of_paths(torch.zeros(1, 2, dtype=torch.int64))
+        again.index.sat.of_paths(torch.zeros(1, 2, dtype=torch.int64))
 
 
 def test_localizer_results_are_consistent(trained_run, tiny_city):
@@ -235,3 +237,17 @@ def test_training_satellite_encoder_and_refinement_head(tiny_city, tmp_path):
     r = loc.localize(sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:1], beam=1, topk=1)[0]
     cx, cy = model.grid.centre_lonlat_of_path(np.array(r.actions))
     assert (r.lon, r.lat) != (float(cx), float(cy))
+
+
+def test_sizes_the_zoom_model_derives_are_refused_when_a_config_disagrees(tiny_city, tmp_path):
+    """k, levels and embed_dim follow the pyramid and the encoder: a config that sets them otherwise
+    is refused in one line rather than silently overridden; one that agrees is taken."""
+    with PyramidReader(tiny_city / "pyramid.h5") as pyr:
+        grid = pyr.grid
+    cfg = load_run_config(write_run_config(tmp_path)).model
+    with pytest.raises(ConfigError, match=rf"policy.k is 9 but the pyramid's grid makes it {grid.k}"):
+        build_model(dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, k=9)), grid)
+    with pytest.raises(ConfigError, match="policy.embed_dim is 7 but the encoder's feature size"):
+        build_model(dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, embed_dim=7)), grid)
+    model = build_model(dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, levels=grid.levels)), grid)
+    assert (model.settings.k, model.settings.levels, model.settings.embed_dim) == (grid.k, grid.levels, model.encoders.num_features)

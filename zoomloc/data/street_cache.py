@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -164,6 +165,29 @@ class _Crops(Dataset):
         crops = [street_input(self.photos[i], self.transforms)]
         crops += [street_input(self.photos[i], self.transforms, self.augment, augment_key(self.seed, i, v)) for v in range(self.views)]
         return torch.stack(crops)
+
+
+@dataclass(frozen=True)
+class CacheViews:
+    """Which augmented crops a street cache holds besides the plain ones: what a training run asked
+    for (``train.augment``, ``cache_views``, ``seed``). Kept in its checkpoints' ``info`` so that an
+    evaluation reads that cache rather than encoding every photo again."""
+
+    augment: AugmentConfig = AugmentConfig()
+    views: int = 0
+    seed: int = 0
+
+    def to_info(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of_info(cls, info: dict[str, Any]) -> CacheViews:
+        """A checkpoint's (its ``info``); the plain crops alone for one saved without it."""
+        if "street_cache" not in info:
+            return cls()
+        entry = info["street_cache"]
+        augment = AugmentConfig(**{**entry["augment"], "jpeg_quality": tuple(entry["augment"]["jpeg_quality"])})
+        return cls(augment, entry["views"], entry["seed"])
 
 
 def street_cache(

@@ -49,13 +49,13 @@ from zoomloc.core.errors import InputError
 from zoomloc.data.batches import StreetDataset
 from zoomloc.data.photos import quiet_on_sigterm
 from zoomloc.data.samples import Samples
-from zoomloc.data.street_cache import StreetCache
+from zoomloc.data.street_cache import CacheViews, StreetCache
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, summarize_errors
-from zoomloc.evaluation.references import cache_views_of_run, references
+from zoomloc.evaluation.references import references
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
 from zoomloc.inference.localization import Localization
-from zoomloc.inference.localize import DECODE_CHUNK, Localizer
+from zoomloc.inference.localize import Localizer
 from zoomloc.models.checkpoint import read_info
 from zoomloc.models.embeddings import pyramid_identity
 
@@ -131,9 +131,9 @@ def evaluate_run(
     street = street_embeddings(loc, samples, progress=progress)
     best, metrics = accuracy(loc, street, samples, beam)
     errors = np.array([r.error_m for r in best])
-    kind = loc.model.cfg.kind
-    metrics = {"model": kind, "split": split, **({"beam": beam} if kind == "zoom" else {}), **metrics}
-    if kind == "zoom":  # the evaluated beam is decoded already; the others once more
+    has_beam = loc.model.has_beam
+    metrics = {"model": loc.model.kind, "split": split, **({"beam": beam} if has_beam else {}), **metrics}
+    if has_beam:  # the evaluated beam is decoded already; the others once more
         decoded = {str(beam): {"recall_at_1": metrics["recall_at_1"], "median_error_m": metrics["median_error_m"]}}
         others = by_beam(loc, street, samples, [b for b in COMPARED_BEAMS if b != beam])
         metrics["by_beam"] = dict(sorted({**decoded, **others}.items(), key=lambda item: int(item[0])))
@@ -142,6 +142,7 @@ def evaluate_run(
     metrics["index_build_s"] = loc.index_build_s
     metrics["pyramid"] = pyramid_identity(city.pyramid_path)
     reference_errors: dict[str, np.ndarray] = {}
+    info = read_info(model)
     if with_references:
         metrics["references"], reference_errors = references(
             city,
@@ -149,11 +150,11 @@ def evaluate_run(
             loc.model.encoders,
             samples,
             split=split,
-            cache_views=cache_views_of_run(model),
+            cache_views=CacheViews.of_info(info),
             workers=2,
             progress=progress,
         )
-    warning = split_warning(read_info(model), city, split)
+    warning = split_warning(info, city, split)
 
     table = pd.DataFrame(
         {
@@ -217,8 +218,7 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
 
     Recall@1 and errors come from the best path of a beam of ``beam`` (retrieval: the most
     similar cell); Recall@5 from the top 5 of a beam of at least 5 (the 5 most similar cells);
-    step accuracy, for a zoom model, is the share of queries whose decoded path is right down
-    to each level.
+    the model's index adds its own figures (a zoom model: step accuracies).
     """
     truths = list(zip(samples.lon, samples.lat))
     best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
@@ -226,10 +226,7 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     errors = np.array([r.error_m for r in best])
     top5_errors = np.array([geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat) for r in top5])
     metrics = summarize_errors(errors, top5_errors, samples.captures)
-    if loc.model.cfg.kind == "zoom":
-        paths = np.array([r.actions for r in best])
-        metrics["step_accuracy"] = [float(100 * v) for v in np.cumprod(paths == samples.paths, axis=1).mean(axis=0)]
-        metrics["teacher_forced"] = teacher_forced(loc, street, samples)
+    metrics.update(loc.index.diagnostics(street, samples.paths, np.array([r.actions for r in best])))
     return best, metrics
 
 
@@ -242,33 +239,6 @@ def by_beam(loc: Localizer, street: torch.Tensor, samples: Samples, beams: list[
         summary = summarize_errors(np.array([r.error_m for r in best]))
         out[str(beam)] = {"recall_at_1": summary["recall_at_1"], "median_error_m": summary["median_error_m"]}
     return out
-
-
-@torch.no_grad()
-def teacher_forced(loc: Localizer, street: torch.Tensor, samples: Samples) -> dict[str, list[float]]:
-    """Each zoom step judged on its own: the policy given the true cells so far.
-
-    Free-running accuracy stops at the first wrong step, so it cannot tell a later step that
-    would choose well from one that cannot. Here every step starts from the true parent:
-    ``step_accuracy`` is the share choosing the true child, ``true_child_rank`` the true
-    child's mean rank among the k² (0 = first; a guess averages (k² - 1) / 2, and more than
-    that means the policy steers away from the truth, as it does from cells that held no
-    training photo).
-    """
-    model = loc.model
-    paths = torch.as_tensor(samples.paths, device=loc.device)
-    logits = torch.cat(
-        [
-            model.policy(chunk_street, loc.sat.of_prefixes(chunk_paths, range(model.grid.levels)), chunk_paths)
-            for chunk_street, chunk_paths in zip(street.split(DECODE_CHUNK), paths.split(DECODE_CHUNK))
-        ]
-    )
-    true = logits.gather(-1, paths[..., None])
-    rank = (logits > true).sum(-1).float()
-    return {
-        "step_accuracy": [float(v) for v in 100 * (rank == 0).float().mean(0)],
-        "true_child_rank": [float(v) for v in rank.mean(0)],
-    }
 
 
 def _latency_ms(loc: Localizer, samples: Samples, beam: int) -> dict[str, float]:

@@ -18,28 +18,21 @@ benchmark tables them for every protocol.
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
-from zoomloc.core.config import from_mapping
-from zoomloc.data.photos import AugmentConfig
 from zoomloc.data.samples import Samples
-from zoomloc.data.street_cache import street_cache
+from zoomloc.data.street_cache import CacheViews, street_cache
 from zoomloc.evaluation.metrics import summarize_errors
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import ZoomGrid, geodesic_m
-from zoomloc.models.checkpoint import RUN_CONFIG
 from zoomloc.models.encoders import ViewEncoders, build_encoder
 
 TOP = 5  # matches kept per query (Recall@5)
 CHUNK = 1024  # queries compared at once
-CacheViews = tuple[AugmentConfig, int, int]  # the street cache's augmentation, views and seed
 
 
 def references(
@@ -49,7 +42,7 @@ def references(
     queries: Samples,
     *,
     split: str,
-    cache_views: CacheViews = (AugmentConfig(), 0, 0),
+    cache_views: CacheViews = CacheViews(),
     seed: int = 0,
     workers: int = 0,
     progress: bool = False,
@@ -74,18 +67,18 @@ def nearest_photo_metrics(
     queries: Samples,
     *,
     split: str = "test",
-    cache_views: CacheViews = (AugmentConfig(), 0, 0),
+    cache_views: CacheViews = CacheViews(),
     workers: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """``metrics.json``-style accuracy of the reference on ``queries`` matched against ``train``, and its top-1 errors.
 
-    ``cache_views`` (augmentation, views, seed) names the street cache to read the plain crops
-    from: a model trained with ``freeze: all`` and these settings has computed it already.
+    ``cache_views`` names the street cache to read the plain crops from: a model trained with
+    ``freeze: all`` and these settings has computed it already.
     """
     frozen = frozen_copy(encoders)
-    augment, views, seed = cache_views
-    cache = street_cache(frozen, city, augment, views=views, seed=seed, workers=workers, progress=progress)
+    cv = cache_views
+    cache = street_cache(frozen, city, cv.augment, views=cv.views, seed=cv.seed, workers=workers, progress=progress)
     try:
         database = _unit(cache.plain(cache.rows_of(train.image_ids)))
         found = [
@@ -114,17 +107,6 @@ def random_cell_metrics(samples: Samples, grid: ZoomGrid, seed: int, split: str 
     lon, lat = grid.centre_lonlat_of_path(grid.path_of_cell(grid.levels, cells.ravel()))
     errors = geodesic_m(lon, lat, np.repeat(samples.lon, 5), np.repeat(samples.lat, 5)).reshape(-1, 5)
     return {"model": "random", "split": split, **summarize_errors(errors[:, 0], errors, samples.captures)}, errors[:, 0]
-
-
-def cache_views_of_run(model: str | os.PathLike) -> CacheViews:
-    """The street cache a run folder's training used (its ``config.yaml``, every key written out), so
-    that the nearest photo reads it instead of encoding every photo again; a bare checkpoint gets the
-    plain-crops cache."""
-    config = Path(model) / RUN_CONFIG
-    if not config.is_file():
-        return AugmentConfig(), 0, 0
-    train = yaml.safe_load(config.read_text(encoding="utf-8"))["train"]
-    return from_mapping(AugmentConfig, train["augment"], source=config, prefix="train.augment."), train["cache_views"], train["seed"]
 
 
 def _unit(features: torch.Tensor) -> torch.Tensor:

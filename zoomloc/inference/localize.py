@@ -29,14 +29,12 @@ from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.confidence import guess_warning
 from zoomloc.inference.localization import Candidate, Localization, Step
-from zoomloc.models.beam import BeamResult, beam_search
+from zoomloc.models.base import LocalizationModel
+from zoomloc.models.beam import BeamResult
 from zoomloc.models.checkpoint import load_model
 from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings
-from zoomloc.models.retrieval import RetrievalModel
-from zoomloc.models.zoom import Model, ZoomModel
 
 BATCH = 32
-DECODE_CHUNK = 256  # queries decoded at once: a beam holds queries × beam sequences of activations
 
 
 def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -58,34 +56,27 @@ def off_map_warning(grid: ZoomGrid, outside_m: float) -> str:
     )
 
 
-def decode(model: ZoomModel, street_emb: Tensor, sat: SatEmbeddings, beam: int = 1, topk: int = 1) -> list[BeamResult]:
-    """Free-running decoding of street embeddings ``[Q, D]`` (beam 1: greedy)."""
-    return beam_search(model.policy, street_emb, sat.of_paths, beam=beam, topk=topk)
-
-
-def predicted_positions(model: Model, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
+def predicted_positions(grid: ZoomGrid, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
     """Lon/lat ``[Q, K]`` of each query's K candidates."""
     paths = np.stack([r.paths.cpu().numpy() for r in results])
     offsets = np.stack([r.offsets.cpu().numpy() for r in results]) if results[0].offsets is not None else None
-    return positions_of(model.grid, paths, offsets)
+    return positions_of(grid, paths, offsets)
 
 
 class Localizer:
-    """A trained model (zoom or retrieval) bound to a city's pyramid and its cached view embeddings."""
+    """A trained model (any kind) bound to a city's pyramid through its view embeddings."""
 
-    def __init__(self, model: Model, sat: SatEmbeddings, device: torch.device | str = "cpu", guess_factor: float | None = None):
-        """``sat`` needs the tables the model reads (its ``sat_prefixes``); a retrieval model's
-        database is built from them here, after which only a zoom model keeps them. A zoom model's
-        ``guess_factor`` (:mod:`zoomloc.inference.confidence`, calibrated when it was selected) makes answers
-        no surer than a guess carry a warning."""
+    def __init__(self, model: LocalizationModel, sat: SatEmbeddings, device: torch.device | str = "cpu", guess_factor: float | None = None):
+        """``sat`` needs the tables the model reads; its index (:meth:`LocalizationModel.index`)
+        keeps what it searches. A ``guess_factor`` (:mod:`zoomloc.inference.confidence`, calibrated
+        when the model was selected) makes answers no surer than a guess carry a warning."""
         self.model = model.to(device).eval()
-        self.guess_factor = guess_factor if isinstance(model, ZoomModel) else None
+        self.guess_factor = guess_factor if model.first_step_calibrated else None
         self.device = torch.device(device)
         self.transforms = model.encoders.transforms()
         start = time.perf_counter()
-        self.database = model.database(sat.to(device)) if isinstance(model, RetrievalModel) else None
-        self.sat = sat.only(() if self.database is not None else model.sat_prefixes).to(device)
-        # Embedding every view (whenever the cache was made) plus building the database.
+        self.index = model.index(sat.to(device))
+        # Embedding every view (whenever the cache was made) plus building the index.
         self.index_build_s = sat.build_s + time.perf_counter() - start
 
     @classmethod
@@ -128,17 +119,8 @@ class Localizer:
         return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths)
 
     def search(self, street_emb: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
-        """The best terminal cells of each query ``[Q, D]``, best first.
-
-        A zoom model's are the ``topk`` best paths of a beam search of width ``max(beam, topk)``:
-        a search keeps only ``beam`` paths, so asking for more candidates widens it. A retrieval
-        model's are the ``topk`` most similar cells of an exact search (``beam`` does not apply).
-        Both go by chunks of queries, so memory does not grow with their number.
-        """
-        if self.database is not None:
-            return self.database.search(street_emb, topk)
-        chunks = street_emb.split(DECODE_CHUNK)
-        return [r for chunk in chunks for r in decode(self.model, chunk, self.sat, beam=max(beam, topk), topk=topk)]
+        """The ``topk`` best terminal cells of each query ``[Q, D]``, best first (:meth:`MapIndex.search`)."""
+        return self.index.search(street_emb, beam=beam, topk=topk)
 
     @torch.no_grad()
     def localize_embeddings(
@@ -153,7 +135,7 @@ class Localizer:
         """Localize from precomputed street embeddings ``[N, D]`` (see :meth:`search`)."""
         grid = self.model.grid
         results = self.search(street_emb.to(self.device), beam=beam, topk=topk)
-        lon, lat = predicted_positions(self.model, results)
+        lon, lat = predicted_positions(grid, results)
         out = []
         for i, r in enumerate(results):
             paths = r.paths.cpu().numpy()

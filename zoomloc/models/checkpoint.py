@@ -24,7 +24,8 @@ from zoomloc.core.atomic import atomic_path
 from zoomloc.core.config import from_mapping
 from zoomloc.core.errors import CheckpointError, ConfigError
 from zoomloc.geo.grid import ZoomGrid
-from zoomloc.models.zoom import Model, ModelConfig, build_model
+from zoomloc.models.base import LocalizationModel
+from zoomloc.models.registry import ModelConfig, build_model, config_of
 
 FORMAT_VERSION = 1
 BEST = "best.safetensors"  # selected by validation Recall@1 within 50 m
@@ -33,12 +34,12 @@ TRAIN_STATE = "train_state.pt"
 RUN_CONFIG = "config.yaml"  # the run's RunConfig, every key written out (zoomloc.training.trainer)
 
 
-def save_checkpoint(path: str | os.PathLike, model: Model, info: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: str | os.PathLike, model: LocalizationModel, info: dict[str, Any] | None = None) -> None:
     """Write ``model`` (its weights, config and grid) and ``info`` (JSON-able) atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {
         "format_version": str(FORMAT_VERSION),
-        "model_config": json.dumps(dataclasses.asdict(model.cfg)),
+        "model_config": json.dumps(dataclasses.asdict(config_of(model))),
         "grid": json.dumps(model.grid.to_attrs()),
         "info": json.dumps(info or {}),
     }
@@ -46,7 +47,7 @@ def save_checkpoint(path: str | os.PathLike, model: Model, info: dict[str, Any] 
         save_file(state, str(tmp), metadata=metadata)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Model, dict[str, Any]]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LocalizationModel, dict[str, Any]]:
     """Rebuild the model stored at ``path`` (a checkpoint, or a run folder: its best one); eval mode.
 
     Its kind (zoom or retrieval) is the ``kind`` of the model config in the metadata. Returns

@@ -27,22 +27,28 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Sizes of the policy. Defaults are small for CPU; the paper uses 6 layers, 8 heads, width 768."""
+    """Sizes of the policy. Defaults are small for CPU; the paper uses 6 layers, 8 heads, width 768.
 
-    embed_dim: int = 1280  # encoder feature size (EfficientNet-Lite0: 1280)
+    ``embed_dim``, ``k`` and ``levels`` follow the encoder's feature size and the pyramid's grid:
+    a model config leaves them out (None) and the zoom model fills them in
+    (:func:`zoomloc.models.zoom.derived_policy`); a :class:`ZoomPolicy` needs them set.
+    """
+
     width: int = 128
     layers: int = 2
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.1
-    k: int = 4
-    levels: int = 4
     refine: bool = False  # predict the camera's offset inside the terminal cell
+    embed_dim: int | None = None  # the encoder's feature size (EfficientNet-Lite0: 1280)
+    k: int | None = None
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-        if min(self.embed_dim, self.width, self.layers, self.heads, self.mlp_ratio, self.levels) < 1 or self.k < 2:
+        derived = [v for v in (self.embed_dim, self.levels) if v is not None]
+        if min(self.width, self.layers, self.heads, self.mlp_ratio, *derived) < 1 or (self.k is not None and self.k < 2):
             raise ValueError("sizes must be positive and k >= 2")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
@@ -123,6 +129,8 @@ class ZoomPolicy(nn.Module):
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
+        if None in (cfg.embed_dim, cfg.k, cfg.levels):
+            raise ValueError("a policy needs embed_dim, k and levels (the zoom model derives them)")
         self.cfg = cfg
         self.street_proj = nn.Linear(cfg.embed_dim, cfg.width)
         self.sat_proj = nn.Linear(cfg.embed_dim, cfg.width)

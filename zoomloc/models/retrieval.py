@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,12 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoomloc.geo.grid import ZoomGrid
+from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
 from zoomloc.models.beam import BeamResult
-from zoomloc.models.encoders import build_encoder
-
-if TYPE_CHECKING:  # model.py imports this module for RetrievalConfig
-    from zoomloc.models.embeddings import SatEmbeddings
-    from zoomloc.models.zoom import ModelConfig
+from zoomloc.models.embeddings import SatEmbeddings
+from zoomloc.models.encoders import EncoderConfig
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: a temperature below 0.01 makes the loss unstable
 SEARCH_CHUNK = 1 << 22  # similarities held at once (queries × cells) by exact search
@@ -63,18 +60,19 @@ class RetrievalConfig:
             raise ValueError(f"neighbour_radius_m must be positive, got {self.neighbour_radius_m}")
 
 
-class RetrievalModel(nn.Module):
+class RetrievalModel(LocalizationModel):
     """Street and satellite encoders with a projection head each, and the similarity scale."""
 
-    def __init__(self, cfg: ModelConfig, grid: ZoomGrid):
-        super().__init__()
-        self.cfg, self.grid = cfg, grid
-        self.encoders = build_encoder(cfg.encoder)
-        features, dim = self.encoders.num_features, cfg.retrieval.dim
+    kind = "retrieval"
+    section = "retrieval"
+
+    def __init__(self, encoder: EncoderConfig, settings: RetrievalConfig, grid: ZoomGrid):
+        super().__init__(encoder, settings, grid)
+        features, dim = self.encoders.num_features, settings.dim
         self.street_head = nn.Linear(features, dim)
         self.sat_head = nn.Linear(features, dim)
         # Learned in log space, as CLIP: the scale stays positive and moves by ratios.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.retrieval.init_temperature)))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / settings.init_temperature)))
 
     @property
     def sat_prefixes(self) -> tuple[int, ...]:
@@ -105,10 +103,27 @@ class RetrievalModel(nn.Module):
         sat = self.embed_sat(self.encoders.sat_features(sats)[:, 0])
         return contrastive_logits(self.encode_street(images, trunk=trunk), sat, self.scale(), _cell_ids(paths, self.grid.k))
 
+    def loss(self, out: Tensor, paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
+        """Symmetric InfoNCE; acc: photos whose own crop is the most similar of the batch; the temperature."""
+        logits = out.float()
+        own = torch.arange(len(logits), device=logits.device)
+        stats = {"acc": (logits.argmax(1) == own).float().mean().item(), "temperature": 1 / self.scale().item()}
+        return info_nce(logits), stats
+
     @torch.no_grad()
-    def database(self, sat: SatEmbeddings) -> RetrievalIndex:
+    def index(self, sat: SatEmbeddings) -> RetrievalIndex:
         """The search index of a pyramid: its terminal context crops' embeddings, from ``sat``'s cached features."""
         return RetrievalIndex(self.embed_sat(sat.terminal).float(), float(self.scale()), self.grid)
+
+    @property
+    def neighbour_groups(self) -> tuple[float, int] | None:
+        s = self.settings
+        return (s.neighbour_radius_m, s.neighbour_group) if s.neighbour_batching else None
+
+    @classmethod
+    def batch_multiple(cls, settings: RetrievalConfig) -> int:
+        """A group of neighbours must not be cut between batches."""
+        return settings.neighbour_group if settings.neighbour_batching else 1
 
 
 def _cell_ids(paths: Tensor, k: int) -> Tensor:
@@ -142,7 +157,7 @@ def info_nce(logits: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- search
-class RetrievalIndex:
+class RetrievalIndex(MapIndex):
     """Exact cosine search over every terminal cell of a grid.
 
     ``embeddings`` ``[N, dim]`` (unit rows, cell index order) are the database; a query's
@@ -164,9 +179,14 @@ class RetrievalIndex:
     def __len__(self) -> int:
         return len(self.embeddings)
 
+    @property
+    def embedding_bytes(self) -> int:
+        return self.embeddings.numel() * self.embeddings.element_size()
+
     @torch.no_grad()
-    def search(self, street: Tensor, topk: int) -> list[BeamResult]:
-        """The ``topk`` most similar cells of each unit street embedding ``[Q, dim]``, best first.
+    def search(self, street: Tensor, *, beam: int = 1, topk: int) -> list[BeamResult]:
+        """The ``topk`` most similar cells of each unit street embedding ``[Q, dim]``, best first
+        (an exact search: ``beam`` does not apply).
 
         Queries go in chunks of at most :data:`SEARCH_CHUNK` similarities, so a city of any
         size is searched in bounded memory.

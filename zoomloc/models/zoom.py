@@ -1,60 +1,42 @@
-"""The models: the zoom model (view encoders plus the zoom policy) and the retrieval baseline.
+"""The zoom model: view encoders plus the autoregressive zoom policy, and its search by beam.
 
-A model is defined by its :class:`ModelConfig` and the :class:`~zoomloc.geo.grid.ZoomGrid` it
-localizes on (k and levels fix the policy's action space and sequence length, and the
-retrieval database's cells), so checkpoints carry both and :func:`build_model` rebuilds either
-kind from them: :func:`zoomloc.models.checkpoint.load_model`, the trainer and the
-:class:`~zoomloc.inference.localize.Localizer` need nothing else.
-
-Both kinds share the encoders and this training interface, so one trainer serves both:
-``encoders``, ``grid``, ``cfg``, ``encode_street(images, trunk=)``, ``sat_prefixes`` (which views of
-its path a training sample's satellite input holds) and ``forward(images, paths, sats, trunk=)``.
+It learns by teacher forcing: the cross-entropy of every zoom decision given the true path
+(:func:`~zoomloc.models.policy.zoom_loss`), plus, with refinement, the camera's offset in the
+terminal cell. A query is answered by a beam search over the paths (:mod:`zoomloc.models.beam`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Literal
+import dataclasses
+from typing import Any
 
-from torch import Tensor, nn
+import numpy as np
+import torch
+from torch import Tensor
 
+from zoomloc.core.errors import ConfigError
 from zoomloc.geo.grid import ZoomGrid
-from zoomloc.models.encoders import EncoderConfig, build_encoder
-from zoomloc.models.policy import PolicyConfig, ZoomPolicy
-from zoomloc.models.retrieval import RetrievalConfig, RetrievalModel
+from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
+from zoomloc.models.beam import BeamResult, beam_search
+from zoomloc.models.embeddings import SatEmbeddings
+from zoomloc.models.encoders import EncoderConfig
+from zoomloc.models.policy import PolicyConfig, ZoomPolicy, offset_loss, zoom_loss
+
+DECODE_CHUNK = 256  # queries decoded at once: a beam holds queries × beam sequences of activations
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which model: its kind, encoders and its kind's own section (``policy`` or ``retrieval``).
-
-    The policy's ``k``, ``levels`` and ``embed_dim`` are not taken from here: they follow the
-    pyramid's grid and the encoder's feature size when the model is built. Setting the other
-    kind's section is refused: it would silently change nothing.
-    """
-
-    kind: Literal["zoom", "retrieval"] = "zoom"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-
-    def __post_init__(self) -> None:
-        if self.kind == "zoom" and self.retrieval != RetrievalConfig():
-            raise ValueError("the retrieval section applies to kind retrieval, this model is kind zoom")
-        if self.kind == "retrieval" and self.policy != PolicyConfig():
-            raise ValueError("the policy section applies to kind zoom, this model is kind retrieval")
-
-
-class ZoomModel(nn.Module):
+class ZoomModel(LocalizationModel):
     """Street and satellite encoders and the autoregressive policy over ``grid``."""
 
-    def __init__(self, cfg: ModelConfig, grid: ZoomGrid):
-        super().__init__()
-        self.encoders = build_encoder(cfg.encoder)
-        policy_cfg = replace(cfg.policy, embed_dim=self.encoders.num_features, k=grid.k, levels=grid.levels)
-        self.cfg = replace(cfg, policy=policy_cfg)
-        self.grid = grid
-        self.policy = ZoomPolicy(policy_cfg)
+    kind = "zoom"
+    section = "policy"
+    has_beam = True
+    first_step_calibrated = True
+
+    def __init__(self, encoder: EncoderConfig, settings: PolicyConfig, grid: ZoomGrid):
+        super().__init__(encoder, settings, grid)
+        self.settings = derived_policy(settings, self.encoders.num_features, grid)
+        self.policy = ZoomPolicy(self.settings)
 
     @property
     def sat_prefixes(self) -> tuple[int, ...]:
@@ -62,21 +44,15 @@ class ZoomModel(nn.Module):
         return tuple(range(self.grid.levels + (1 if self.policy.offset_head is not None else 0)))
 
     def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
-        """Street embeddings ``[B, D]`` of photos, or of their cached trunk outputs (``trunk``)."""
         return self.encoders.encode_street(images, trunk=trunk)
 
-    def encode_sat(self, views: Tensor) -> Tensor:
-        return self.encoders.encode_sat(views)
-
     def forward(self, images: Tensor, paths: Tensor, sats: Tensor, *, trunk: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced training outputs: logits ``[B, L, k²]`` and, with refinement, offsets ``[B, 2]``.
+        """Teacher-forced logits ``[B, L, k²]`` and, with refinement, offsets ``[B, 2]``.
 
-        ``images`` are photos, or with ``trunk`` their street-cache entries (:mod:`zoomloc.data.street_cache`).
         ``paths`` are the actions fed (the last only with refinement). ``sats`` holds, for each path
-        prefix of length 0..L-1 (and L, the terminal context, when
-        refining), either its view embedding ``[B, n, D]`` (from a cache) or its view ``[B, n, 3, s, s]``
-        (encoded here, when the satellite encoder trains). One call does it all so that
-        DistributedDataParallel sees every trainable parameter used in its forward.
+        prefix of length 0..L-1 (and L, the terminal context, when refining), either its view
+        embedding ``[B, n, D]`` (from a cache) or its view ``[B, n, 3, s, s]`` (encoded here, when
+        the satellite encoder trains).
         """
         sats = self.encoders.sat_features(sats)
         street = self.encode_street(images, trunk=trunk)
@@ -84,10 +60,83 @@ class ZoomModel(nn.Module):
             return self.policy.forward_with_offset(street, sats, paths)
         return self.policy(street, sats, paths), None
 
+    def loss(self, out: tuple[Tensor, Tensor | None], paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
+        """Cross-entropy of every zoom step (plus the offset loss when refining); acc: teacher-forced steps right."""
+        logits, offset = out
+        logits = logits.float()
+        lost = batch.get("lost") if settings.lost_uniform else None
+        loss = zoom_loss(logits, paths, settings.label_smoothing, lost)
+        if offset is not None:
+            loss = loss + settings.refine_weight * offset_loss(offset.float(), batch["offset"].to(offset.device))
+        return loss, {"acc": (logits.argmax(-1) == paths).float().mean().item()}
 
-Model = ZoomModel | RetrievalModel
+    def index(self, sat: SatEmbeddings) -> ZoomIndex:
+        return ZoomIndex(self.policy, sat.only(self.sat_prefixes))
+
+    @classmethod
+    def supports_rollout(cls, settings: PolicyConfig, encoder: EncoderConfig) -> bool:
+        """Rolled-out paths need their views' embeddings cached (a frozen satellite encoder) and no offset target."""
+        return not settings.refine and encoder.sat_frozen
 
 
-def build_model(cfg: ModelConfig, grid: ZoomGrid) -> Model:
-    """The model of ``cfg.kind`` over ``grid``, encoder weights loaded as ``cfg.encoder`` says."""
-    return RetrievalModel(cfg, grid) if cfg.kind == "retrieval" else ZoomModel(cfg, grid)
+def derived_policy(settings: PolicyConfig, embed_dim: int, grid: ZoomGrid) -> PolicyConfig:
+    """``settings`` with the sizes that follow the encoder and the grid; one given that disagrees is refused
+    (it would be silently replaced)."""
+    derived = {"embed_dim": embed_dim, "k": grid.k, "levels": grid.levels}
+    for name, value in derived.items():
+        given = getattr(settings, name)
+        if given is not None and given != value:
+            source = "the encoder's feature size" if name == "embed_dim" else "the pyramid's grid"
+            raise ConfigError(f"policy.{name} is {given} but {source} makes it {value}: leave policy.{name} out, it follows {source}")
+    return dataclasses.replace(settings, **derived)
+
+
+class ZoomIndex(MapIndex):
+    """The policy decoding over a pyramid's cached view embeddings."""
+
+    def __init__(self, policy: ZoomPolicy, sat: SatEmbeddings):
+        self.policy, self.sat = policy, sat
+
+    def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+        """The ``topk`` best paths of a beam search of width ``max(beam, topk)``: a search keeps only
+        ``beam`` paths, so asking for more candidates widens it."""
+        return [
+            r
+            for chunk in street.split(DECODE_CHUNK)
+            for r in beam_search(self.policy, chunk, self.sat.of_paths, beam=max(beam, topk), topk=topk)
+        ]
+
+    @property
+    def embedding_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.sat.levels, self.sat.terminal) if t is not None)
+
+    def diagnostics(self, street: Tensor, truth: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
+        """Step accuracy free-running (the share of queries whose decoded path is right down to each
+        level) and from the true parent (:meth:`teacher_forced`)."""
+        return {
+            "step_accuracy": [float(100 * v) for v in np.cumprod(decoded == truth, axis=1).mean(axis=0)],
+            "teacher_forced": self.teacher_forced(street, truth),
+        }
+
+    @torch.no_grad()
+    def teacher_forced(self, street: Tensor, truth: np.ndarray) -> dict[str, list[float]]:
+        """Each zoom step judged on its own: the policy given the true cells so far.
+
+        Free-running accuracy stops at the first wrong step, so it cannot tell a later step that
+        would choose well from one that cannot. Here every step starts from the true parent:
+        ``step_accuracy`` is the share choosing the true child, ``true_child_rank`` the true
+        child's mean rank among the k² (0 = first; a guess averages (k² - 1) / 2, and more than
+        that means the policy steers away from the truth, as it does from cells that held no
+        training photo).
+        """
+        paths = torch.as_tensor(truth, device=street.device)
+        levels = range(self.sat.grid.levels)
+        logits = torch.cat(
+            [self.policy(s, self.sat.of_prefixes(p, levels), p) for s, p in zip(street.split(DECODE_CHUNK), paths.split(DECODE_CHUNK))]
+        )
+        true = logits.gather(-1, paths[..., None])
+        rank = (logits > true).sum(-1).float()
+        return {
+            "step_accuracy": [float(v) for v in 100 * (rank == 0).float().mean(0)],
+            "true_child_rank": [float(v) for v in rank.mean(0)],
+        }

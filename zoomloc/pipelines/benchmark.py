@@ -167,14 +167,19 @@ def _protocol(
         run = out / kind
         stages.model(f"train {kind} ({protocol})", city, runs[kind], run, progress)
         metrics_path = run / "test" / "metrics.json"
-        beam = cfg.beam if kind == "zoom" else 1
-        stages.run(
-            f"evaluate {kind} ({protocol})",
-            metrics_path.is_file(),
-            partial(
-                evaluate_alone, city.root, run, split="test", beam=beam, out=metrics_path, with_references=kind == "zoom", progress=progress
-            ),
+        # One beam for both: a search without one ignores it. The references are the same photos' for both
+        # models, measured once, with the first model's evaluation.
+        evaluation = partial(
+            evaluate_alone,
+            city.root,
+            run,
+            split="test",
+            beam=cfg.beam,
+            out=metrics_path,
+            with_references=kind == KINDS[0],
+            progress=progress,
         )
+        stages.run(f"evaluate {kind} ({protocol})", metrics_path.is_file(), evaluation)
         results[kind] = json.loads(metrics_path.read_text())
         table = pd.read_csv(run / "test" / "errors.csv")
         errors[kind] = table["error_m"].to_numpy()

@@ -46,25 +46,21 @@ from zoomloc.core.errors import InputError
 from zoomloc.data.batches import NeighbourOrder, StepBatches, StreetDataset
 from zoomloc.data.photos import AugmentConfig, quiet_on_sigterm
 from zoomloc.data.samples import Samples
-from zoomloc.data.street_cache import StreetCache, street_cache, variant_of
+from zoomloc.data.street_cache import CacheViews, StreetCache, street_cache, variant_of
 from zoomloc.evaluation.evaluate import accuracy, street_embeddings
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.confidence import calibrate_guess_factor
 from zoomloc.inference.localize import Localizer
+from zoomloc.models.base import Batch, LossSettings
 from zoomloc.models.checkpoint import BEST, LAST, RUN_CONFIG, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
 from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings, compute_embeddings
-from zoomloc.models.policy import offset_loss, zoom_loss
-from zoomloc.models.retrieval import info_nce
-from zoomloc.models.zoom import ModelConfig, build_model
+from zoomloc.models.registry import ModelConfig, build_model
 from zoomloc.training import distributed
 from zoomloc.training.rollout import rollout, rollout_share
 
 METRICS = "metrics.jsonl"
 CURVE = "curve.png"
-
-Batch = dict[str, torch.Tensor]
-Objective = tuple[torch.Tensor, dict[str, float]]  # a step's loss and what to log of it
 
 
 @dataclass(frozen=True)
@@ -117,10 +113,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        r, m, t = self.model.retrieval, self.model, self.train
-        if m.kind == "retrieval" and r.neighbour_batching and t.batch_size % r.neighbour_group:
-            raise ValueError(f"retrieval.neighbour_group {r.neighbour_group} must divide train.batch_size {t.batch_size}")
-        if t.rollout and (m.kind != "zoom" or m.policy.refine or not m.encoder.sat_frozen):
+        m, t = self.model, self.train
+        multiple = m.model_class.batch_multiple(m.settings)
+        if t.batch_size % multiple:
+            raise ValueError(f"train.batch_size {t.batch_size} must be a multiple of {multiple} for this {m.kind} model's batches")
+        if t.rollout and not m.model_class.supports_rollout(m.settings, m.encoder):
             raise ValueError("train.rollout applies to zoom models with a frozen satellite encoder and no refinement")
         if t.cache_views and (not m.encoder.sat_frozen or m.encoder.freeze == "none"):
             raise ValueError("train.cache_views needs a street encoder with a frozen part and a frozen satellite encoder")
@@ -177,7 +174,9 @@ class _Trainer:
             raise InputError("holds a training run already; use --resume to continue it or another --out", out)
         self.cfg, self.tc, self.out, self.run, self.progress = cfg, cfg.train, out, run, progress and run.main
         self.city = city
-        self.provenance = city.provenance()
+        # What every checkpoint's info carries: the photos and split it learned from, the street cache it read.
+        views = CacheViews(cfg.train.augment, cfg.train.cache_views, cfg.train.seed)
+        self.provenance = {**city.provenance(), "street_cache": views.to_info()}
         elsewhere = city.trained_elsewhere(state) if resume else None
         if elsewhere is not None:
             raise InputError(f"{elsewhere}; start a new run", out)
@@ -187,7 +186,8 @@ class _Trainer:
         grid = self.pyramid.grid
         _seed_everything(self.tc.seed, self.tc.deterministic)
         self.model = build_model(cfg.model, grid).to(run.device)
-        self.objective = self._retrieval_objective if cfg.model.kind == "retrieval" else self._zoom_objective
+        tc = self.tc
+        self.loss_settings = LossSettings(tc.label_smoothing, tc.refine_weight, lost_uniform=tc.rollout_target == "uniform")
         self.train_samples = Samples.from_city(city, "train", grid)
         self.val_samples = Samples.from_city(city, "val", grid).subset(self.tc.val_queries, self.tc.seed)
         self.sat_frozen = cfg.model.encoder.sat_frozen
@@ -322,11 +322,9 @@ class _Trainer:
         return TrainSummary(self.out, self.step, time.perf_counter() - start, self.best)
 
     def _order(self) -> NeighbourOrder | None:
-        """Batches of GPS neighbours, when a retrieval model asks for them; else random batches."""
-        r = self.cfg.model.retrieval
-        if self.cfg.model.kind != "retrieval" or not r.neighbour_batching:
-            return None
-        return NeighbourOrder.of_samples(self.train_samples, self.pyramid.grid, r.neighbour_radius_m, r.neighbour_group)
+        """Batches of GPS neighbours, when the model asks for them; else random batches."""
+        groups = self.model.neighbour_groups
+        return None if groups is None else NeighbourOrder.of_samples(self.train_samples, self.pyramid.grid, *groups)
 
     def _train_step(self, batch: Batch) -> dict[str, float]:
         self.ddp.train()
@@ -345,7 +343,7 @@ class _Trainer:
         autocast = self.tc.amp if device.type == "cuda" else self.tc.cpu_bf16
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = self.ddp(images, fed, sats, trunk=trunk)
-        loss, objective_stats = self.objective(out, targets, {**batch, "lost": lost})
+        loss, objective_stats = self.model.loss(out, targets, {**batch, "lost": lost}, self.loss_settings)
         stats.update(objective_stats)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -372,23 +370,6 @@ class _Trainer:
         finally:
             self.model.train()
 
-    def _zoom_objective(self, out: tuple[torch.Tensor, torch.Tensor | None], paths: torch.Tensor, batch: Batch) -> Objective:
-        """Cross-entropy of every zoom step (plus the offset loss when refining); acc: teacher-forced steps right."""
-        logits, offset = out
-        logits = logits.float()
-        lost = batch["lost"] if self.tc.rollout_target == "uniform" else None
-        loss = zoom_loss(logits, paths, self.tc.label_smoothing, lost)
-        if offset is not None:
-            loss = loss + self.tc.refine_weight * offset_loss(offset.float(), batch["offset"].to(self.run.device))
-        return loss, {"acc": (logits.argmax(-1) == paths).float().mean().item()}
-
-    def _retrieval_objective(self, logits: torch.Tensor, paths: torch.Tensor, batch: Batch) -> Objective:
-        """Symmetric InfoNCE; acc: photos whose own crop is the most similar of the batch; the temperature."""
-        logits = logits.float()
-        own = torch.arange(len(logits), device=logits.device)
-        stats = {"acc": (logits.argmax(1) == own).float().mean().item(), "temperature": 1 / self.model.scale().item()}
-        return info_nce(logits), stats
-
     # ------------------------------------------------------------------ validation and checkpoints
     def evaluate(self, samples: Samples) -> dict[str, Any]:
         """Free-running localization of ``samples`` (greedy decoding, or the search's top cell): recall and errors."""
@@ -396,7 +377,7 @@ class _Trainer:
         loc = Localizer(self.model, sat, self.run.device)
         street = street_embeddings(loc, samples, workers=self.tc.workers, cache=self.street_cache)
         results, metrics = accuracy(loc, street, samples, beam=1)
-        if self.model.cfg.kind == "zoom":  # stored with a selected checkpoint: when localize warns of a guess
+        if self.model.first_step_calibrated:  # stored with a selected checkpoint: when localize warns of a guess
             first = [r.path[0] for r in results]
             right = np.array([r.actions[0] for r in results]) == samples.paths[:, 0]
             metrics["guess_factor"] = calibrate_guess_factor(np.array([s.probability for s in first]), right, self.model.grid.k**2)

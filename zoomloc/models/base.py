@@ -1,0 +1,107 @@
+"""What every model kind is asked: how it learns, how it searches a map, what it can be asked for.
+
+The trainer, the evaluator, the :class:`~zoomloc.inference.localize.Localizer` and the
+benchmark talk to a model only through :class:`LocalizationModel` and the :class:`MapIndex`
+it binds to a city's view embeddings; none of them switches on the model's kind. A kind adds
+itself to :mod:`zoomloc.models.registry` and brings its own settings dataclass (the section of
+``ModelConfig`` named after ``section``), its loss, its search and its capabilities.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import Tensor, nn
+
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.models.beam import BeamResult
+from zoomloc.models.embeddings import SatEmbeddings
+from zoomloc.models.encoders import EncoderConfig, build_encoder
+
+Batch = dict[str, Tensor]
+Objective = tuple[Tensor, dict[str, float]]  # a step's loss and what to log of it
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The training run's say in a model's loss (the rest of the loss is the model's own)."""
+
+    label_smoothing: float = 0.1  # of classification steps (the zoom decisions)
+    refine_weight: float = 1.0  # of a sub-cell offset, for a model that predicts one
+    lost_uniform: bool = False  # steps from a wrong parent (a rollout's) target the uniform distribution
+
+
+class MapIndex(ABC):
+    """A model bound to one pyramid's view embeddings: what a query searches."""
+
+    @abstractmethod
+    def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+        """The ``topk`` best terminal cells of each street embedding ``[Q, D]``, best first, in
+        bounded memory whatever the number of queries (``beam`` applies to kinds with ``has_beam``)."""
+
+    @property
+    @abstractmethod
+    def embedding_bytes(self) -> int:
+        """The memory its map embeddings take: what a city's size costs a query process."""
+
+    def diagnostics(self, street: Tensor, truth: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
+        """Kind-specific figures of an evaluation, from street embeddings ``[Q, D]``, true paths and
+        decoded paths ``[Q, L]`` (none by default)."""
+        return {}
+
+
+class LocalizationModel(nn.Module, ABC):
+    """View encoders plus whatever a kind learns on top of them, over one grid.
+
+    ``forward(images, paths, sats, trunk=)`` is the training pass: ``images`` are photos or,
+    with ``trunk``, their street-cache entries; ``paths`` the true (or rolled-out) paths;
+    ``sats`` the view embeddings (or views) of the path prefixes of lengths ``sat_prefixes``.
+    One call does it all so that DistributedDataParallel sees every trainable parameter.
+    """
+
+    kind: ClassVar[str]  # ModelConfig.kind
+    section: ClassVar[str]  # the ModelConfig field that holds its settings
+    has_beam: ClassVar[bool] = False  # does its search have a beam width to widen?
+    first_step_calibrated: ClassVar[bool] = False  # is its first step's probability read against a guess (zoomloc.inference.confidence)?
+
+    def __init__(self, encoder: EncoderConfig, settings: Any, grid: ZoomGrid):
+        super().__init__()
+        self.encoder_cfg, self.settings, self.grid = encoder, settings, grid
+        self.encoders = build_encoder(encoder)
+
+    @property
+    @abstractmethod
+    def sat_prefixes(self) -> tuple[int, ...]:
+        """The lengths of the path prefixes whose views a training sample's satellite input holds."""
+
+    @abstractmethod
+    def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
+        """Street embeddings ``[B, D]`` of photos, or of their cached trunk outputs (``trunk``)."""
+
+    @abstractmethod
+    def loss(self, out: Any, paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
+        """The training loss of ``forward``'s output against ``paths``, and what to log of the step
+        (``acc`` at least)."""
+
+    @abstractmethod
+    def index(self, sat: SatEmbeddings) -> MapIndex:
+        """This model's search over the map whose view embeddings are ``sat`` (it keeps what it reads)."""
+
+    @property
+    def neighbour_groups(self) -> tuple[float, int] | None:
+        """``(radius_m, group)``: training batches made of groups of photos taken this close to each
+        other, or None for random batches."""
+        return None
+
+    @classmethod
+    def batch_multiple(cls, settings: Any) -> int:
+        """What a training batch size must be a multiple of, under ``settings``."""
+        return 1
+
+    @classmethod
+    def supports_rollout(cls, settings: Any, encoder: EncoderConfig) -> bool:
+        """Can it train from its own decisions (:mod:`zoomloc.training.rollout`)?"""
+        return False
