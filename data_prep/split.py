@@ -9,7 +9,9 @@ Three protocols, from the easiest to the strictest:
   sequence) go to one split, so test photos show streets the model has seen, from other
   captures — another camera, light and weather. The user's case: a city's crowd-sourced photos
   train the model, new captures of it are localized;
-- ``area`` (below): test photos in places no training photo comes near; the generalization track.
+- ``area`` (below): test photos in places no training photo comes near; the generalization track;
+- ``given``: the split a dataset comes with (``zoomloc import-jzi``, :func:`write_given_split`); it is
+  recorded like the others, so that pipelines accept it, but never drawn here.
 
 For ``photo`` and ``sequence`` the units (photos, sequences) are dealt like the area protocol's
 blocks, towards the requested image fractions, with no buffer.
@@ -56,9 +58,9 @@ CONFIG_MEMBER = "split_config"  # the SplitConfig that made split_areas.geojson,
 DEAL_ROUNDS = 4  # re-deals with loss-corrected targets; the shares settle within two or three
 
 
-Protocol = Literal["area", "photo", "sequence"]
-PROTOCOLS: tuple[Protocol, ...] = ("photo", "sequence", "area")
-UNITS = {"area": "blocks", "photo": "photos", "sequence": "sequences"}  # what a protocol deals out
+Protocol = Literal["area", "photo", "sequence", "given"]
+PROTOCOLS: tuple[Protocol, ...] = ("photo", "sequence", "area", "given")
+UNITS = {"area": "blocks", "photo": "photos", "sequence": "sequences", "given": "photos"}  # what a protocol deals out
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,13 @@ class SplitSummary:
             "area": f"by {self.block_m:g} m blocks, {self.buffer_m:g} m apart",
             "photo": "by photo, at random (the paper's protocol)",
             "sequence": "by sequence: whole captures to one split",
+            "given": "as the dataset gives it",
         }[self.by]
         lines = [f"split {kept + sum(self.dropped.values())} photos {how}:"]
         for name in SPLITS:
             share = self.images[name] / kept if kept else 0.0
             line = f"  {name:<5} {self.images[name]:>7} photos ({share:6.1%})"
-            if self.by != "photo":
+            if self.by not in ("photo", "given"):
                 line += f" in {self.blocks[name]} {UNITS[self.by]}"
             if self.by == "area":
                 line += f", {self.dropped[name]} dropped near another split"
@@ -127,6 +130,8 @@ class SplitSummary:
 def split_city(city_dir: str | os.PathLike, cfg: SplitConfig) -> SplitSummary:
     """Split the photos of ``city_dir`` by area; write split.csv and split_areas.geojson."""
     city = CityDir(city_dir)
+    if cfg.by == "given":
+        raise InputError("the given split comes with a dataset (zoomloc import-jzi) and cannot be drawn; choose photo, sequence or area")
     meta = city.read_metadata()
     if meta.empty:
         raise InputError("holds no photo", city.metadata_csv)
@@ -156,13 +161,37 @@ def split_city(city_dir: str | os.PathLike, cfg: SplitConfig) -> SplitSummary:
         by=cfg.by,
     )
     _check_every_split_kept(summary, cfg, len(meta), city.metadata_csv)
+    _write(city, kept, _areas(blocks, images, cfg.block_m) if cfg.by == "area" else _photo_areas(kept, images), cfg)
+    return summary
+
+
+def write_given_split(city_dir: str | os.PathLike, split: pd.Series) -> SplitSummary:
+    """Record the split a dataset comes with: ``split`` maps each image_id of metadata.csv to train, val or test.
+
+    Written as :func:`split_city` writes its own (split.csv, split_areas.geojson with the config
+    ``by: given`` and the resulting fractions), so that every command and pipeline reads it alike.
+    """
+    city = CityDir(city_dir)
+    points = _project(city.read_metadata())
+    points["split"] = points["image_id"].map(split).to_numpy()
+    if points["split"].isna().any():
+        missing = points["image_id"][points["split"].isna()].iloc[0]
+        raise InputError(f"photo {missing!r} has no split", city.metadata_csv)
+    images = {s: int((points["split"] == s).sum()) for s in SPLITS}
+    total = sum(images.values())
+    cfg = SplitConfig(fractions=tuple(images[s] / total for s in SPLITS), by="given")
+    _write(city, points, _photo_areas(points, images), cfg)
+    zero = {s: 0 for s in SPLITS}
+    return SplitSummary(city.split_csv, city.split_areas, cfg.block_m, cfg.buffer_m, images, zero, zero, by="given")
+
+
+def _write(city: CityDir, kept: gpd.GeoDataFrame, regions: gpd.GeoDataFrame, cfg: SplitConfig) -> None:
+    """split.csv and split_areas.geojson, the latter recording ``cfg`` (see :func:`config_mismatch`)."""
     with atomic_path(city.split_csv) as tmp:
         kept[["image_id", "split"]].to_csv(tmp, index=False)
-    regions = _areas(blocks, images, cfg.block_m) if cfg.by == "area" else _photo_areas(kept, images)
     areas = json.loads(regions.to_json(drop_id=True))
     areas[CONFIG_MEMBER] = asdict(cfg)  # a GeoJSON foreign member: readers that do not know it skip it
     write_text(city.split_areas, json.dumps(areas))
-    return summary
 
 
 def config_mismatch(city_dir: str | os.PathLike, cfg: SplitConfig) -> str | None:
@@ -178,6 +207,8 @@ def config_mismatch(city_dir: str | os.PathLike, cfg: SplitConfig) -> str | None
         return None
     if recorded is None:
         return None
+    if "given" in (recorded.get("by"), cfg.by):  # a dataset's split is whatever it gives; only the protocol can differ
+        return None if recorded.get("by") == cfg.by else f"by {recorded.get('by', 'area')} (the config's: {cfg.by})"
     have = SplitConfig(**{"by": "area", **recorded, "fractions": tuple(recorded["fractions"])})
     if have == cfg:
         return None

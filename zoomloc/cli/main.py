@@ -60,6 +60,12 @@ def _cmd_import_photos(args: argparse.Namespace) -> None:
     print(summary.describe())
 
 
+def _cmd_import_jzi(args: argparse.Namespace) -> None:
+    from data_prep.jzi import import_jzi
+
+    print(import_jzi(args.root, args.city, val_fraction=args.val_fraction, seed=args.seed).describe())
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from zoomloc.training.trainer import RunConfig, load_run_config, train
 
@@ -236,6 +242,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
 
     p = command(
+        "import-jzi",
+        _cmd_import_jzi,
+        "Import the Just Zoom In dataset (DC): photos, its train/val split, its tiles and its 10 km zoom region.",
+        "zoomloc import-jzi ~/justzoomin_data --city cities/jzi_dc",
+        progress=False,
+    )
+    p.add_argument("root", type=Path, help="the dataset folder: satellite/layout.yaml, streetview/images/, metadata/*.csv")
+    p.add_argument("--city", type=Path, required=True, help="city directory to write")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of the train CSV held out to validate (default 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that hold-out (default 0)")
+
+    p = command(
         "split",
         _cmd_split,
         "Split a city's photos into train/val/test: by photo (the paper's protocol), by sequence (whole captures), "
@@ -261,12 +279,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command(
         "build-pyramid",
         _cmd_build_pyramid,
-        "Render the satellite tile pyramid (pyramid.h5) of a city directory from its GeoTIFFs.",
+        "Render the satellite tile pyramid (pyramid.h5) of a city directory from its GeoTIFFs and tile folders.",
         "zoomloc build-pyramid cities/demo --grid 4 --levels 3 --terminal-m 39 --px 128",
     )
-    p.add_argument("city_dir", type=Path, help="city directory with satellite/*.tif")
-    p.add_argument("--grid", type=int, default=4, help="k: each cell splits into k×k children (default 4)")
-    p.add_argument("--levels", type=int, default=3, help="L: zoom decisions per query (default 3)")
+    p.add_argument(
+        "city_dir", type=Path, help="city directory with satellite/*.tif or tile folders (satellite/*/layout.yaml, satellite/xyz/)"
+    )
+    p.add_argument("--grid", type=int, default=None, help="k: each cell splits into k×k children (default 4, or the city's region.json)")
+    p.add_argument("--levels", type=int, default=None, help="L: zoom decisions per query (default 3, or the city's region.json)")
     p.add_argument("--terminal-m", type=float, default=39.0, help="terminal cell side in metres (default 39)")
     p.add_argument("--side-m", type=float, default=None, help="region side in metres (overrides --terminal-m)")
     p.add_argument("--px", type=int, default=128, help="pixels per side of each stored view (default 128)")

@@ -3,12 +3,15 @@
 ::
 
     CITY_DIR/
-      satellite/*.tif                 one or more georeferenced GeoTIFFs, any CRS
+      satellite/*.tif                 one or more georeferenced GeoTIFFs, any CRS, and/or tile folders
+                                      (a tiledwebmaps layout.yaml folder, xyz/{z}/{x}/{y}.png|jpg)
       streetview/images/<image_id>.jpg
       streetview/metadata.csv         image_id,lon,lat[,heading_deg,fov_deg,captured_at,sequence_id]
       split.csv                       image_id,split   (train|val|test; `zoomloc split`)
       split_areas.geojson             the areas of each split (`zoomloc split`)
+      region.json                     the zoom grid a dataset fixes (`zoomloc import-jzi`); optional
       pyramid.h5                      (`zoomloc build-pyramid`)
+      tiles/                          the tile folders' VRT mosaics (`zoomloc build-pyramid`)
       embeddings/                     view and street caches (zoomloc.models.embeddings, zoomloc.data.street_cache)
 
 Commands accept a directory holding only the first three entries plus what they need; extra
@@ -19,6 +22,7 @@ command reports a bad row the same way: ``metadata.csv: line 7: lat 95.0 is out 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -29,7 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zoomloc.core.atomic import write_text
 from zoomloc.core.errors import InputError
+from zoomloc.geo.grid import ZoomGrid
 
 METADATA_COLUMNS = ("image_id", "lon", "lat")
 OPTIONAL_COLUMNS = ("heading_deg", "fov_deg", "captured_at", "sequence_id")
@@ -105,32 +111,60 @@ class CityDir:
     def embeddings_dir(self) -> Path:
         return self.root / "embeddings"
 
-    def sharing(self, root: str | Path) -> CityDir:
-        """A city folder at ``root`` that shares this one's imagery, photos, pyramid and caches (relative
-        links) and holds a split of its own: one city under several split protocols, each an ordinary
-        city folder for every command, with the caches computed once for all.
+    def sharing(self, root: str | Path, split: bool = False) -> CityDir:
+        """A city folder at ``root`` that shares this one's imagery, photos, region, pyramid and caches
+        (relative links) and holds a split of its own: one city under several split protocols, each an
+        ordinary city folder for every command, with the caches computed once for all. With ``split``
+        it shares this one's split too (a dataset's given split).
         """
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.embeddings_dir.mkdir(exist_ok=True)
-        for own in (self.satellite_dir, self.metadata_csv.parent, self.pyramid_path, self.embeddings_dir):
+        shared = [self.satellite_dir, self.metadata_csv.parent, self.pyramid_path, self.embeddings_dir]
+        shared += [p for p in (self.region_path, self.tiles_dir) if p.exists()]
+        shared += [self.split_csv, self.split_areas] if split else []
+        for own in shared:
             link = root / own.name
             if not (link.is_symlink() or link.exists()):
                 link.symlink_to(os.path.relpath(own, root))
         return CityDir(root)
 
+    @property
+    def tiles_dir(self) -> Path:
+        return self.root / "tiles"
+
+    @property
+    def region_path(self) -> Path:
+        return self.root / "region.json"
+
+    def read_region(self) -> ZoomGrid | None:
+        """The zoom grid a dataset fixes for this city (``region.json``: :meth:`ZoomGrid.to_attrs` as JSON), or None.
+
+        A dataset whose photos come with zoom paths (``zoomloc import-jzi``) names cells of one
+        grid; the pyramid must cut exactly those cells, whatever the imagery covers.
+        """
+        if not self.region_path.is_file():
+            return None
+        try:
+            return ZoomGrid.from_attrs(json.loads(self.region_path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"is not a zoom grid ({type(exc).__name__}: {exc})", self.region_path) from None
+
+    def write_region(self, grid: ZoomGrid) -> None:
+        write_text(self.region_path, json.dumps(grid.to_attrs(), indent=2) + "\n")
+
     def image_path(self, image_id: str) -> Path:
         return self.images_dir / f"{image_id}.jpg"
 
-    def satellite_files(self) -> list[Path]:
-        """The GeoTIFFs of ``satellite/``, sorted; an error if there are none."""
+    def satellite_files(self, required: bool = True) -> list[Path]:
+        """The GeoTIFFs of ``satellite/``, sorted; an error if there are none and they are ``required``."""
         if not self.root.is_dir():
             raise InputError("not a city directory (no such folder)", self.root)
         if not self.satellite_dir.is_dir():
             raise InputError("no satellite/ folder with GeoTIFFs", self.root)
         files = sorted(p for p in self.satellite_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith("."))
-        if not files:
-            raise InputError("holds no GeoTIFF (*.tif, *.tiff)", self.satellite_dir)
+        if not files and required:
+            raise InputError("holds no GeoTIFF (*.tif, *.tiff) nor tile folder (layout.yaml, xyz/)", self.satellite_dir)
         return files
 
     def read_metadata(self) -> pd.DataFrame:

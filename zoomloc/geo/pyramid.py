@@ -50,6 +50,7 @@ from zoomloc.core.hdf5 import take_rows
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import WGS84, ZoomGrid
 from zoomloc.geo.raster import FILL_RGB, Mosaic, Source, open_source
+from zoomloc.geo.tiles import tile_folders, tiles_vrt
 
 FORMAT_VERSION = 1
 MAX_BLOCK_PX = 2048
@@ -58,10 +59,14 @@ MAX_BLOCK_PX = 2048
 
 @dataclass(frozen=True)
 class PyramidSpec:
-    """What to build: the grid's shape and the views' size (the CLI's build-pyramid options)."""
+    """What to build: the grid's shape and the views' size (the CLI's build-pyramid options).
 
-    k: int = 4
-    levels: int = 3
+    ``k`` and ``levels`` left as None are the city's region's (``region.json``, :meth:`CityDir.read_region`)
+    or, without one, 4 and 3.
+    """
+
+    k: int | None = None
+    levels: int | None = None
     terminal_m: float | None = 39.0
     side_m: float | None = None  # overrides terminal_m
     px: int = 128
@@ -82,22 +87,51 @@ class PyramidSpec:
             if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
                 raise InputError(f"the bbox must be W S E N in degrees with W < E and S < N (got {self.bbox})")
 
-    def grid_for(self, sources: list[Source], folder: Path) -> ZoomGrid:
-        """The grid centred on the bbox, or on the union of the sources' footprints.
+    def grid_for(self, sources: list[Source], city: CityDir) -> ZoomGrid:
+        """The city's region (``region.json``) if it has one, else the grid centred on the bbox or on
+        the union of the sources' footprints.
 
-        Raises :class:`OutsideRegionError` (naming ``folder``) if the region misses the imagery.
+        A region fixes the cells (a dataset's zoom paths name them), so a bbox, a side or another
+        k or number of levels than the region's is refused rather than ignored. Raises
+        :class:`OutsideRegionError` (naming the satellite folder) if the region misses the imagery.
         """
         imagery = shapely.union_all([s.footprint(WGS84) for s in sources])
-        bounds = self.bbox if self.bbox is not None else imagery.bounds
-        grid = ZoomGrid.covering(bounds, WGS84, k=self.k, levels=self.levels, terminal_m=self.terminal_m, side_m=self.side_m)
+        region = city.read_region()
+        if region is not None:
+            self._check_region(region, city.region_path)
+            grid, where = region, f"region of {city.region_path.name}"
+        else:
+            bounds = self.bbox if self.bbox is not None else imagery.bounds
+            k, levels = self.k or 4, self.levels or 3
+            grid = ZoomGrid.covering(bounds, WGS84, k=k, levels=levels, terminal_m=self.terminal_m, side_m=self.side_m)
+            where = f"region around --bbox {' '.join(map(str, bounds))}"
         if not grid.region_polygon_lonlat().intersects(imagery):
             w, s, e, n = (round(v, 6) for v in imagery.bounds)
             raise OutsideRegionError(
-                f"the {grid.side_m:.0f} m region around --bbox {' '.join(map(str, bounds))} "
-                f"does not overlap the imagery (lon {w}..{e}, lat {s}..{n})",
-                folder,
+                f"the {grid.side_m:.0f} m {where} does not overlap the imagery (lon {w}..{e}, lat {s}..{n})", city.satellite_dir
             )
         return grid
+
+    def _check_region(self, region: ZoomGrid, path: Path) -> None:
+        clashes = [
+            f"{name} {mine}"
+            for name, mine, theirs in (("k", self.k, region.k), ("levels", self.levels, region.levels))
+            if mine not in (None, theirs)
+        ]
+        clashes += [f"{name} {getattr(self, name)}" for name in ("side_m", "bbox") if getattr(self, name) is not None]
+        if clashes:
+            raise InputError(
+                f"fixes the grid (k={region.k}, levels={region.levels}, a {region.side_m:.0f} m square); "
+                f"drop the other settings ({', '.join(clashes)})",
+                path,
+            )
+
+
+def open_imagery(city: CityDir) -> list[Source]:
+    """The city's imagery: ``satellite/*.tif`` and its tile folders (as VRTs in ``tiles/``, :mod:`zoomloc.geo.tiles`)."""
+    folders = tile_folders(city.satellite_dir)
+    files = city.satellite_files(required=not folders)
+    return [open_source(p) for p in files] + [open_source(tiles_vrt(folder, city.tiles_dir)) for folder in folders]
 
 
 def spec_mismatch(path: str | os.PathLike, spec: PyramidSpec, city_dir: str | os.PathLike) -> str | None:
@@ -107,7 +141,7 @@ def spec_mismatch(path: str | os.PathLike, spec: PyramidSpec, city_dir: str | os
     give a benchmark another grid than its config states.
     """
     city = CityDir(city_dir)
-    wanted = spec.grid_for([open_source(p) for p in city.satellite_files()], city.satellite_dir)
+    wanted = spec.grid_for(open_imagery(city), city)
     with PyramidReader(path) as pyr:
         have, px, context = pyr.grid, pyr.px, pyr.context_factor
     if not have.same_region(wanted, tol_m=0.01):
@@ -172,14 +206,14 @@ def _layers(grid: ZoomGrid, context_factor: float) -> list[_Layer]:
 def build_pyramid(
     city_dir: str | os.PathLike, spec: PyramidSpec, *, out: str | os.PathLike | None = None, progress: bool = True
 ) -> PyramidSummary:
-    """Render the pyramid of ``city_dir``'s GeoTIFFs to ``out`` (default ``CITY_DIR/pyramid.h5``).
+    """Render the pyramid of ``city_dir``'s imagery (GeoTIFFs, tile folders) to ``out`` (default ``CITY_DIR/pyramid.h5``).
 
     Every source is validated before anything is written; the file appears only once complete.
     """
     started = time.perf_counter()
     city = CityDir(city_dir)
-    sources = [open_source(p) for p in city.satellite_files()]
-    grid = spec.grid_for(sources, city.satellite_dir)
+    sources = open_imagery(city)
+    grid = spec.grid_for(sources, city)
     out = city.pyramid_path if out is None else Path(out)
     layers = _layers(grid, spec.context_factor)
     coverage: dict[str, np.ndarray] = {}

@@ -111,7 +111,7 @@ def open_source(path: str | os.PathLike) -> Source:
     """Validate the GeoTIFF at ``path``; raise an :class:`InputError` naming it if unusable."""
     path = Path(path)
     with _open(path) as ds:
-        if ds.driver != "GTiff":
+        if ds.driver not in ("GTiff", "VRT"):  # a VRT: a tile folder's mosaic (zoomloc.geo.tiles)
             raise InputError(f"is a {ds.driver} file, not a GeoTIFF", path)
         _check_georeferenced(ds, path)
         colour, alpha = _interpret_bands(ds, path)

@@ -62,6 +62,7 @@ MEASURES = {  # what each protocol's test photos ask of a model
     "sequence": "other captures of the same streets",
     "photo": "new photos of a learned city, often beside a training photo of the same capture (the paper's)",
     "area": "places no training photo comes near (generalization)",
+    "given": "the dataset's own test photos (its validation CSV for Just Zoom In's)",
 }
 # Just Zoom In, Table 1 (DC): autoregressive zooming vs Sample4Geo, Recall@1 within d metres,
 # measured on a random tenth of the city's photos: the `photo` protocol.
@@ -127,7 +128,7 @@ def run_benchmark(
     protocols, errors = {}, {}
     for protocol in cfg.protocols:
         protocols[protocol], errors[protocol] = _protocol(
-            stages, city.sharing(out / protocol / "city"), out / protocol, cfg, protocol, runs, grid, progress
+            stages, city.sharing(out / protocol / "city", split=protocol == "given"), out / protocol, cfg, protocol, runs, grid, progress
         )
     stage_s = _stage_seconds(out / STAGE_TIMES, stages)
     for protocol, r in protocols.items():
