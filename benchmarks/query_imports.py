@@ -21,15 +21,15 @@ import sys  # noqa: E402
 
 from zoomloc.cli.main import main  # noqa: E402
 
-HEAVY = (
+HEAVY = (  # packages and modules a query has no use for (any module under them counts)
     "geopandas",
     "matplotlib",
     "folium",
-    "data_prep.synth",
-    "zoomloc.training.trainer",
-    "zoomloc.evaluation.evaluate",
-    "zoomloc.pipelines.benchmark",
-    "zoomloc.pipelines.demo",
+    "data_prep",
+    "zoomloc.training",
+    "zoomloc.evaluation",
+    "zoomloc.pipelines",
+    "zoomloc.inference.viz",
 )
 
 
@@ -49,9 +49,13 @@ def run() -> None:
         code = main(["localize", photo, "--json", "--quiet", *extra])
     wall = time.perf_counter() - START
     own = [m for m in sys.modules if m.split(".")[0] in ("zoomloc", "data_prep")]
-    heavy = [m for m in HEAVY if m in sys.modules]
+    files = [m for m in own if not hasattr(sys.modules[m], "__path__")]  # modules, not their packages
+    heavy = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"exit {code}: {wall:.1f} s wall, peak {peak:.0f} MB, {len(sys.modules)} modules ({len(own)} of the project's)")
+    print(
+        f"exit {code}: {wall:.1f} s wall, peak {peak:.0f} MB, {len(sys.modules)} modules "
+        f"({len(files)} of the project's, plus {len(own) - len(files)} of its packages)"
+    )
     print(f"heavy modules loaded: {', '.join(heavy) or 'none'}")
 
 

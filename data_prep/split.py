@@ -60,6 +60,7 @@ DEAL_ROUNDS = 4  # re-deals with loss-corrected targets; the shares settle withi
 
 Protocol = Literal["area", "photo", "sequence", "given"]
 PROTOCOLS: tuple[Protocol, ...] = ("photo", "sequence", "area", "given")
+DRAWN_PROTOCOLS = PROTOCOLS[:3]  # what split_city draws; the given split comes with a dataset
 UNITS = {"area": "blocks", "photo": "photos", "sequence": "sequences", "given": "photos"}  # what a protocol deals out
 
 
@@ -130,7 +131,7 @@ class SplitSummary:
 def split_city(city_dir: str | os.PathLike, cfg: SplitConfig) -> SplitSummary:
     """Split the photos of ``city_dir`` by area; write split.csv and split_areas.geojson."""
     city = CityDir(city_dir)
-    if cfg.by == "given":
+    if cfg.by not in DRAWN_PROTOCOLS:
         raise InputError("the given split comes with a dataset (zoomloc import-jzi) and cannot be drawn; choose photo, sequence or area")
     meta = city.read_metadata()
     if meta.empty:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from zoomloc.core import interrupts
 from zoomloc.core.atomic import atomic_path, write_text
 
 
@@ -47,3 +49,20 @@ def test_next_write_removes_temporaries_of_killed_writers_only(tmp_path):
         p.write_text("half")
     write_text(target, "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, running.name, other.name])
+
+
+def test_a_termination_swallowed_by_c_code_still_commits_nothing(tmp_path):
+    """rasterio's GDAL log handler prints an exception raised in it and carries on: a SIGTERM that lands
+    there must still stop the writer before it renames its output into place."""
+    try:
+        interrupts.raise_terminated(signal.SIGTERM, None)
+    except interrupts.Terminated:
+        pass  # what that handler does
+    try:
+        with pytest.raises(interrupts.Terminated):
+            write_text(tmp_path / "out.txt", "complete")
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        interrupts.forget()
+    write_text(tmp_path / "out.txt", "complete")  # a new command starts afresh
+    assert (tmp_path / "out.txt").read_text() == "complete"

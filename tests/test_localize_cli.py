@@ -8,8 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -234,10 +236,32 @@ def test_a_query_loads_no_trainer_renderer_or_map_library(run, tiny_city, photos
     script = (
         "import sys; from zoomloc.cli.main import main; "
         f"code = main(['localize', {str(photos[0])!r}, '--model', {str(run)!r}, '--city', {str(tiny_city)!r}, '--json', '--quiet']); "
-        "heavy = ('geopandas', 'matplotlib', 'folium', 'data_prep.synth', 'data_prep.split', 'zoomloc.training.trainer', "
-        "'zoomloc.evaluation.evaluate', 'zoomloc.pipelines.benchmark', 'zoomloc.pipelines.stages', 'zoomloc.pipelines.demo', "
-        "'zoomloc.inference.viz'); "
-        "print(code, [m for m in heavy if m in sys.modules], file=sys.stderr)"
+        "heavy = ('geopandas', 'matplotlib', 'folium', 'data_prep', 'zoomloc.training', 'zoomloc.evaluation', 'zoomloc.pipelines', "
+        "'zoomloc.cli.data', 'zoomloc.cli.pipelines', 'zoomloc.inference.viz'); "
+        "print(code, sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)), file=sys.stderr)"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert done.stderr.strip().splitlines()[-1] == "0 []"
+
+
+def test_a_query_decodes_each_photo_once_and_opens_the_pyramid_once(run, tiny_city, photos, tmp_path, monkeypatch):
+    """Reading a photo's pixels and its GPS, embedding it and drawing its thumbnail share one decoding;
+    checking the model's grid, reading the view cache and drawing the map share one pyramid file."""
+    opened, files = Counter(), Counter()
+    real_open, real_file = Image.open, h5py.File
+
+    def counting_open(fp, *args, **kwargs):
+        opened[str(fp)] += 1
+        return real_open(fp, *args, **kwargs)
+
+    def counting_file(name, *args, **kwargs):
+        files[str(name)] += 1
+        return real_file(name, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(h5py, "File", counting_file)
+    queried = photos[:3]
+    args = ["localize", *map(str, queried), "--model", str(run), "--city", str(tiny_city), "--map", str(tmp_path / "m.html"), "--quiet"]
+    assert main(args) == 0
+    assert [opened[str(p)] for p in queried] == [1, 1, 1]
+    assert files[str(tiny_city / "pyramid.h5")] == 1

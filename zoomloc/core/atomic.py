@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from zoomloc.core import interrupts
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -32,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        interrupts.check()  # a writer interrupted in C code that swallowed the signal commits nothing
         # mkstemp creates the file private (0600); give the result the permissions any new file
         # would get, so a city or pyramid stays readable by the people it is shared with.
         umask = os.umask(0)

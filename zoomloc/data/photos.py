@@ -11,6 +11,8 @@ import io
 import os
 import random
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torchvision.transforms.v2 as T
 from PIL import Image, ImageOps
 
 from zoomloc.core.errors import InputError
+from zoomloc.core.exif import CorruptExifError, NoGpsError, read_gps
 from zoomloc.models.encoders import ViewTransforms
 
 
@@ -69,15 +72,46 @@ class _Jpeg(torch.nn.Module):
             return T.functional.pil_to_tensor(img.convert("RGB"))
 
 
-def load_photo(path: str | Path) -> Image.Image:
-    """An RGB photo, upright per its EXIF orientation; one-line error for unreadable files."""
+@contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """The image file at ``path``, open; any failure to read it, here or while decoding it in the
+    ``with`` block, is one line naming the file."""
     try:
         with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
+            yield img
     except FileNotFoundError:
         raise InputError("no such photo", path) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"not a readable image ({str(exc).splitlines()[0]})", path) from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    return ImageOps.exif_transpose(img).convert("RGB")
+
+
+def load_photo(path: str | Path) -> Image.Image:
+    """An RGB photo, upright per its EXIF orientation; one-line error for unreadable files."""
+    with _opened(path) as img:
+        return _upright(img)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A user's photo read once: its pixels, upright, and the position its EXIF GPS gives, if any
+    (a photo without a usable fix is still localized)."""
+
+    path: Path
+    image: Image.Image
+    gps: tuple[float, float] | None  # (lon, lat)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Photo:
+        with _opened(path) as img:
+            try:
+                fix = read_gps(img)
+            except (NoGpsError, CorruptExifError):
+                fix = None
+            return cls(Path(path), _upright(img), None if fix is None else (fix.lon, fix.lat))
 
 
 def quiet_on_sigterm(worker_id: int) -> None:

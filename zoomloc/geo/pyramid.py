@@ -57,17 +57,22 @@ MAX_BLOCK_PX = 2048
 """Longest side, in output pixels, of one warp (and of one block of cells)."""
 
 
+DEFAULT_K, DEFAULT_LEVELS, DEFAULT_TERMINAL_M = 4, 3, 39.0
+"""The grid's shape where neither a :class:`PyramidSpec` nor the city's region sets it."""
+
+
 @dataclass(frozen=True)
 class PyramidSpec:
     """What to build: the grid's shape and the views' size (the CLI's build-pyramid options).
 
-    ``k`` and ``levels`` left as None are the city's region's (``region.json``, :meth:`CityDir.read_region`)
-    or, without one, 4 and 3.
+    ``k``, ``levels`` and ``terminal_m`` left as None are the city's region's (``region.json``,
+    :meth:`CityDir.read_region`) or, without one, :data:`DEFAULT_K`, :data:`DEFAULT_LEVELS` and
+    :data:`DEFAULT_TERMINAL_M`.
     """
 
     k: int | None = None
     levels: int | None = None
-    terminal_m: float | None = 39.0
+    terminal_m: float | None = None
     side_m: float | None = None  # overrides terminal_m
     px: int = 128
     context_factor: float = 3.0
@@ -102,8 +107,10 @@ class PyramidSpec:
             grid, where = region, f"region of {city.region_path.name}"
         else:
             bounds = self.bbox if self.bbox is not None else imagery.bounds
-            k, levels = self.k or 4, self.levels or 3
-            grid = ZoomGrid.covering(bounds, WGS84, k=k, levels=levels, terminal_m=self.terminal_m, side_m=self.side_m)
+            k = DEFAULT_K if self.k is None else self.k
+            levels = DEFAULT_LEVELS if self.levels is None else self.levels
+            terminal_m = DEFAULT_TERMINAL_M if self.terminal_m is None and self.side_m is None else self.terminal_m
+            grid = ZoomGrid.covering(bounds, WGS84, k=k, levels=levels, terminal_m=terminal_m, side_m=self.side_m)
             where = f"region around --bbox {' '.join(map(str, bounds))}"
         if not grid.region_polygon_lonlat().intersects(imagery):
             w, s, e, n = (round(v, 6) for v in imagery.bounds)
@@ -118,7 +125,7 @@ class PyramidSpec:
             for name, mine, theirs in (("k", self.k, region.k), ("levels", self.levels, region.levels))
             if mine not in (None, theirs)
         ]
-        clashes += [f"{name} {getattr(self, name)}" for name in ("side_m", "bbox") if getattr(self, name) is not None]
+        clashes += [f"{name} {getattr(self, name)}" for name in ("terminal_m", "side_m", "bbox") if getattr(self, name) is not None]
         if clashes:
             raise InputError(
                 f"fixes the grid (k={region.k}, levels={region.levels}, a {region.side_m:.0f} m square); "

@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from zoomloc.data.photos import load_photo
+from zoomloc.data.photos import Photo, load_photo
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.confidence import guess_warning
@@ -35,6 +36,21 @@ from zoomloc.models.checkpoint import load_model
 from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings
 
 BATCH = 32
+
+Query = str | os.PathLike | Image.Image | Photo
+"""A photo to localize: a file, a decoded image, or a :class:`~zoomloc.data.photos.Photo` read already."""
+
+
+def _pixels(query: Query) -> Image.Image:
+    if isinstance(query, Photo):
+        return query.image
+    return query if isinstance(query, Image.Image) else load_photo(query)
+
+
+def _name(query: Query) -> str:
+    if isinstance(query, Photo):
+        return str(query.path)
+    return getattr(query, "filename", "") or "<image>" if isinstance(query, Image.Image) else str(query)
 
 
 def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -83,39 +99,40 @@ class Localizer:
     def load(
         cls,
         model_path: str | os.PathLike,
-        pyramid: str | os.PathLike,
+        pyramid: str | os.PathLike | PyramidReader,
         *,
         cache_dir: str | os.PathLike | None = None,
         device: str = "cpu",
         progress: bool = True,
     ) -> Localizer:
-        """A run folder (or checkpoint) and the pyramid it zooms over (built for the same grid)."""
+        """A run folder (or checkpoint) and the pyramid it zooms over (built for the same grid): its
+        file, or a reader the caller keeps open (to draw a map from it too)."""
         model, info = load_model(model_path, device)
-        with PyramidReader(pyramid) as pyr:
+        with PyramidReader(pyramid) if not isinstance(pyramid, PyramidReader) else nullcontext(pyramid) as pyr:
             pyr.check_grid(model.grid)
             sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.sat_prefixes, progress=progress)
         return cls(model, sat, device, guess_factor=info.get("val", {}).get("guess_factor"))
 
     @torch.no_grad()
-    def embed_photos(self, images: Sequence[str | os.PathLike | Image.Image]) -> Tensor:
-        """Street embeddings ``[N, D]`` of photos (paths or PIL images), in batches."""
+    def embed_photos(self, images: Sequence[Query]) -> Tensor:
+        """Street embeddings ``[N, D]`` of photos (paths, PIL images or read photos), in batches."""
         out = []
         for start in range(0, len(images), BATCH):
-            batch = [img if isinstance(img, Image.Image) else load_photo(img) for img in images[start : start + BATCH]]
+            batch = [_pixels(img) for img in images[start : start + BATCH]]
             x = torch.stack([self.transforms.street(img) for img in batch]).to(self.device)
             out.append(self.model.encode_street(x))
         return torch.cat(out)
 
     def localize(
         self,
-        images: Sequence[str | os.PathLike | Image.Image],
+        images: Sequence[Query],
         *,
         beam: int = 4,
         topk: int = 4,
         truths: Sequence[tuple[float, float] | None] | None = None,
     ) -> list[Localization]:
         """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error."""
-        names = [getattr(img, "filename", "") or "<image>" if isinstance(img, Image.Image) else str(img) for img in images]
+        names = [_name(img) for img in images]
         return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths)
 
     def search(self, street_emb: Tensor, *, beam: int, topk: int) -> list[BeamResult]:

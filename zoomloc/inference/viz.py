@@ -23,7 +23,7 @@ import html
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 
@@ -62,6 +62,7 @@ def localization_map(
     *,
     imagery_level: int | None = None,
     max_candidates: int = 5,
+    photos: Mapping[str, Image.Image] | None = None,
 ) -> folium.Map:
     """A map of the region's imagery and of each localization's zoom, candidates and error.
 
@@ -69,7 +70,8 @@ def localization_map(
     level whose mosaic fits :data:`MAX_MOSAIC_PX`, plus sharper views along every zoom path),
     "zoom path", "candidates" (the best ``max_candidates`` terminal cells), "predicted" and
     "truth", with a legend of their colours. Tooltips name the image, so many photos can share one
-    map; a prediction's popup shows the photo.
+    map; a prediction's popup shows the photo: from ``photos`` (decoded already, by the name a
+    localization gives) or else read from its file.
     """
     grid = pyramid.grid
     level = default_imagery_level(grid, pyramid.px) if imagery_level is None else imagery_level
@@ -85,7 +87,7 @@ def localization_map(
     for loc in localizations:
         _add_zoom_path(layers["zoom path"], grid, loc)
         _add_candidates(layers["candidates"], grid, loc, max_candidates)
-        _add_prediction_and_truth(layers["predicted"], layers["truth"], loc)
+        _add_prediction_and_truth(layers["predicted"], layers["truth"], loc, (photos or {}).get(loc.image))
     folium.LayerControl(collapsed=False).add_to(m)
     _add_legend(m, grid.levels)
     west, south, east, north = grid.region_polygon_lonlat().bounds
@@ -205,14 +207,16 @@ def _add_candidates(group: folium.FeatureGroup, grid: ZoomGrid, loc: Localizatio
         ).add_to(group)
 
 
-def _add_prediction_and_truth(predicted: folium.FeatureGroup, truth: folium.FeatureGroup, loc: Localization) -> None:
+def _add_prediction_and_truth(
+    predicted: folium.FeatureGroup, truth: folium.FeatureGroup, loc: Localization, photo: Image.Image | None
+) -> None:
     """The predicted point, its warnings in its tooltip; the true one, when known and on the map, with a
     line labelled by the geodesic error (a line to a point hundreds of kilometres off the map would only
     pull the eye off it)."""
     about = f"{_percent(loc.probability)}, cell {loc.cell_size_m:.0f} m"
     text = f"{loc.image} — predicted {loc.lat:.6f}, {loc.lon:.6f} ({about})" + "".join(f". Warning: {w}" for w in loc.warnings)
     point = _point(loc.lat, loc.lon, _PREDICTED, text)
-    thumbnail = _thumbnail(loc.image)
+    thumbnail = _thumbnail(loc.image if photo is None else photo)
     if thumbnail is not None:  # click the prediction to see the photo
         _PhotoPopup(f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}').add_to(point)
     point.add_to(predicted)
@@ -241,11 +245,11 @@ class _PhotoPopup(MacroElement):
         self.content, self.width = content, THUMBNAIL_PX + 20
 
 
-def _thumbnail(image: str) -> str | None:
-    """The photo at ``image``, upright as the model saw it (:func:`~zoomloc.data.photos.load_photo`), as a small
-    JPEG data URL; None when it is no readable file (an in-memory image has no path)."""
+def _thumbnail(image: str | Image.Image) -> str | None:
+    """The photo (or the one at ``image``, upright as the model saw it: :func:`~zoomloc.data.photos.load_photo`)
+    as a small JPEG data URL; None when it is no readable file (an in-memory image has no path)."""
     try:
-        img = load_photo(image)
+        img = (image if isinstance(image, Image.Image) else load_photo(image)).copy()
     except InputError:
         return None
     img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
