@@ -324,3 +324,21 @@ def test_a_zoom_level_absent_from_the_folder_is_refused(jzi_root, tmp_path, caps
     CityDir(city).write_region(paper_grid())
     _refused(["build-pyramid", str(city), "--px", str(PX), "--quiet"], capsys, str(layout), "zoom level 1")
     assert not (city / "pyramid.h5").exists()
+
+
+@pytest.mark.slow  # two models trained and evaluated with the references: a minute or two (make test-all, CI)
+def test_the_benchmark_runs_on_the_imported_city_with_its_given_split(city, tmp_path):
+    """The second of the two commands: ``zoomloc benchmark --city CITY`` on the dataset's own split
+    (zoom and retrieval, same budget), the pyramid built from the region with no flag."""
+    short = tmp_path / "city"
+    shutil.copytree(city, short, symlinks=True, ignore=shutil.ignore_patterns("pyramid.h5", "tiles", "embeddings"))
+    CityDir(short).write_region(replace(paper_grid(), levels=2))  # as above: 2 levels embed in seconds
+    runs = {kind: write_run_config(tmp_path, steps=4, val_every=2, workers=0, kind=kind) for kind in ("zoom", "retrieval")}
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"protocols: [given]\npyramid: {{px: {PX}}}\nzoom: {runs['zoom'].name}\nretrieval: {runs['retrieval'].name}\n")
+    out = tmp_path / "out"
+    assert main(["benchmark", "--config", str(config), "--city", str(short), "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    given = results["protocols"]["given"]
+    assert list(results["protocols"]) == ["given"] and given["zoom"]["n_queries"] == given["retrieval"]["n_queries"] == N_PHOTOS // 4
+    assert (out / "given" / "city" / "split.csv").read_bytes() == (short / "split.csv").read_bytes()  # the dataset's, not redrawn
