@@ -151,7 +151,7 @@ def test_unequal_budgets_are_refused(tmp_path, capsys):
     [
         (
             {"protocols: [sequence, photo, area]": "protocols: [sequence, street]"},
-            "key 'protocols[1]' must be one of 'area', 'photo', 'sequence', got 'street'",
+            "key 'protocols[1]' must be one of 'area', 'photo', 'sequence', 'given', got 'street'",
         ),
         ({"protocols: [sequence, photo, area]": "protocols: [area, area]"}, "protocols must be distinct"),
         ({"seed: 0}": "seed: 0, by: photo}"}, "split.by: each protocol of `protocols` sets it"),
