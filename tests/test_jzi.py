@@ -24,12 +24,14 @@ from conftest import write_run_config  # tests/ is on sys.path under pytest
 from PIL import Image
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
+from rasterio.windows import Window
 
 from data_prep.jzi import CENTRE_LATLON, CSVS, IMAGE_SUFFIX, LEVELS, REGION_BOUNDS_M, K, paper_grid
 from data_prep.split import SplitConfig, config_mismatch
 from zoomloc.cli.main import main
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader, PyramidSpec, build_pyramid
+from zoomloc.geo.tiles import tiles_vrt
 
 ORTHO = "manila_ph_0.10m_epsg3395.tif"  # 2048² RGB at 0.10 m
 TILE_CRS = "EPSG:26985"  # NAD83 / Maryland, metres: the DC orthophoto's own CRS
@@ -259,6 +261,22 @@ def test_tile_views_match_the_geotiffs(pyramids, layout):
         for name, row in [*((f"level_{lv}", 1 / PX) for lv in range(LEVELS)), ("terminal", 3 / PX)]:
             have, want = (p._file()[f"coverage/{name}"][:] for p in (got, ref))
             assert np.abs(have - want).max() <= row + 1e-6, name
+
+
+def test_a_coarser_zoom_level_is_the_mosaics_overview(jzi_root, tmp_path):
+    """Zoom -1 of the layout covers zoom 0: GDAL reads it as the 2× overview (its own tiles, pixel for pixel)
+    rather than averaging every tile of zoom 0; a coarse level with a hole is left out."""
+    with rasterio.open(tiles_vrt(jzi_root / "satellite", tmp_path / "whole")) as ds:
+        assert ds.overviews(1) == [2]
+    with rasterio.open(tmp_path / "whole" / "satellite.vrt", overview_level=0) as ovr:
+        corner = ovr.read([1, 2, 3], window=Window(0, 0, TILE_PX, TILE_PX))
+    with Image.open(jzi_root / "satellite" / "-1" / "0" / "0.jpg") as tile:
+        assert np.array_equal(np.moveaxis(corner, 0, -1), np.asarray(tile.convert("RGB")))
+    holed = tmp_path / "holed"
+    shutil.copytree(jzi_root / "satellite", holed)
+    (holed / "-1" / "0" / "0.jpg").unlink()
+    with rasterio.open(tiles_vrt(holed, tmp_path / "holed_vrt")) as ds:
+        assert ds.overviews(1) == []
 
 
 # ----------------------------------------------------------------------------- train and evaluate

@@ -11,7 +11,10 @@ Two layouts are read from ``CITY_DIR/satellite/``:
 
 Each folder becomes a VRT mosaic of its deepest (finest) zoom level present: one source per tile
 at its place on a north-up canvas, plus an alpha band that is 255 where a tile lies (a tile's own
-alpha for RGBA tiles) and 0 in the holes. :func:`zoomloc.geo.raster.open_source` validates the VRT
+alpha for RGBA tiles) and 0 in the holes. Each coarser zoom level present that covers every
+tile of the deepest one becomes an overview of it (a VRT of its own on the same canvas): a coarse
+pyramid level (a 10 km square in a few hundred pixels) then reads the tiles made for that scale,
+not every tile of the finest one. :func:`zoomloc.geo.raster.open_source` validates the VRT
 as it does a GeoTIFF and :class:`~zoomloc.geo.raster.Mosaic` warps it: the builder is unchanged and
 nothing is read over a network. The VRTs are written under ``CITY_DIR/tiles/`` (one per folder,
 rewritten by each build, which a GIS can open too).
@@ -20,10 +23,12 @@ rewritten by each build, which a GIS can open too).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -66,14 +71,23 @@ def tile_folders(satellite_dir: Path) -> list[Path]:
 
 
 def tiles_vrt(folder: Path, out_dir: Path) -> Path:
-    """Write the VRT mosaic of the tile ``folder`` (see the module doc) into ``out_dir``; its path.
+    """Write the VRT mosaic of the tile ``folder`` (see the module doc), with its overviews, into ``out_dir``; its path.
 
     Raises :class:`InputError` naming the file at fault: a layout.yaml missing or unreadable, a
     zoom level it names absent, tiles of mixed sizes or unreadable ones.
     """
-    crs, tiles = _layout_tiles(folder) if (folder / LAYOUT_FILE).is_file() else _xyz_tiles(folder)
+    crs, levels = _layout_levels(folder) if (folder / LAYOUT_FILE).is_file() else _xyz_levels(folder)
+    _, base = levels[0]
+    canvas = _Canvas.of(base, folder)
+    overviews = []
+    for zoom, tiles in levels[1:]:
+        factor = round(_res(tiles)[0] / canvas.res_x)
+        if factor >= 2 and np.isclose(_res(tiles)[0], factor * canvas.res_x, rtol=1e-6) and _covers(tiles, base):
+            name = f"{folder.name}.z{zoom}.vrt"
+            write_text(out_dir / name, _vrt_xml(crs, tiles, canvas.coarser(factor), folder))
+            overviews.append(name)
     out = out_dir / f"{folder.name}.vrt"
-    write_text(out, _vrt_xml(crs, tiles, folder))
+    write_text(out, _vrt_xml(crs, base, canvas, folder, overviews))
     return out
 
 
@@ -99,8 +113,9 @@ def _tiledwebmaps() -> Iterator[Any]:
             os.environ["PROJ_DATA"] = previous
 
 
-def _layout_tiles(folder: Path) -> tuple[CRS, list[Tile]]:
-    """The CRS and the tiles of the deepest zoom of a tiledwebmaps folder, placed by its layout."""
+def _layout_levels(folder: Path) -> tuple[CRS, list[tuple[int, list[Tile]]]]:
+    """The CRS and the tiles of each zoom level of a tiledwebmaps folder (its max_zoom, then the coarser
+    ones present down to its min_zoom), placed by its layout."""
     layout_file = folder / LAYOUT_FILE
     try:
         cfg = yaml.safe_load(layout_file.read_text())
@@ -121,21 +136,22 @@ def _layout_tiles(folder: Path) -> tuple[CRS, list[Tile]]:
         raise InputError(f"path {pattern!r}: zoomloc reads tiles at {{zoom}}/{{x}}/{{y}}.jpg or .png", layout_file)
     crs = CRS.from_epsg(3857) if "preset" in cfg else _crs(cfg["crs"], layout_file)
     zoom = int(cfg["max_zoom"]) if "preset" not in cfg else _deepest_zoom(folder)
-    level = folder / str(zoom)
-    if not level.is_dir():
-        raise InputError(f"max_zoom is {zoom} but the folder has no zoom level {zoom} ({level.name}/ is absent)", layout_file)
+    if not (folder / str(zoom)).is_dir():
+        raise InputError(f"max_zoom is {zoom} but the folder has no zoom level {zoom} ({zoom}/ is absent)", layout_file)
+    lowest = int(cfg.get("min_zoom", zoom))
+    zooms = [z for z in range(zoom, lowest - 1, -1) if (folder / str(z)).is_dir()]
     with _tiledwebmaps() as twm:
         try:
             layout = twm.Layout.from_yaml(cfg)
         except (ValueError, RuntimeError, TypeError) as exc:
             raise InputError(f"is not a tiledwebmaps layout ({exc})", layout_file) from None
 
-        def bounds(x: int, y: int) -> Bounds:
-            corners = np.array([layout.tile_to_crs(np.array([x + dx, y + dy], float), zoom) for dx in (0, 1) for dy in (0, 1)])
+        def bounds(z: int, x: int, y: int) -> Bounds:
+            corners = np.array([layout.tile_to_crs(np.array([x + dx, y + dy], float), z) for dx in (0, 1) for dy in (0, 1)])
             return (*corners.min(axis=0), *corners.max(axis=0))
 
-        tiles = _scan(level, suffix, bounds)
-    return crs, tiles
+        levels = [(z, _scan(folder / str(z), suffix, partial(bounds, z))) for z in zooms]
+    return crs, levels
 
 
 def _crs(value: Any, layout_file: Path) -> CRS:
@@ -146,31 +162,38 @@ def _crs(value: Any, layout_file: Path) -> CRS:
 
 
 # ----------------------------------------------------------------------------- XYZ folders
-def _xyz_tiles(folder: Path) -> tuple[CRS, list[Tile]]:
-    """The tiles of the deepest zoom level of an XYZ folder, in web mercator."""
+def _xyz_levels(folder: Path) -> tuple[CRS, list[tuple[int, list[Tile]]]]:
+    """The tiles of each zoom level of an XYZ folder, deepest first, in web mercator."""
     import morecantile
 
     tms = morecantile.tms.get("WebMercatorQuad")
-    zoom = _deepest_zoom(folder)
-    suffixes = {p.suffix.lower() for p in (folder / str(zoom)).glob("*/*") if p.suffix.lower() in TILE_SUFFIXES}
-    if len(suffixes) != 1:
-        found = ", ".join(sorted(suffixes)) or "none"
-        raise InputError(f"zoom level {zoom} must hold tiles of one kind, .png or .jpg (found {found})", folder / str(zoom))
 
-    def bounds(x: int, y: int) -> Bounds:
+    def bounds(zoom: int, x: int, y: int) -> Bounds:
         if not (0 <= x < 2**zoom and 0 <= y < 2**zoom):
             raise InputError(f"tile {x}/{y} does not exist at zoom {zoom} (0..{2**zoom - 1})", folder / str(zoom) / str(x))
         b = tms.xy_bounds(x, y, zoom)
         return b.left, b.bottom, b.right, b.top
 
-    return CRS.from_epsg(3857), _scan(folder / str(zoom), suffixes.pop(), bounds)
+    levels = []
+    for zoom in _zooms(folder):
+        suffixes = {p.suffix.lower() for p in (folder / str(zoom)).glob("*/*") if p.suffix.lower() in TILE_SUFFIXES}
+        if len(suffixes) != 1:
+            found = ", ".join(sorted(suffixes)) or "none"
+            raise InputError(f"zoom level {zoom} must hold tiles of one kind, .png or .jpg (found {found})", folder / str(zoom))
+        levels.append((zoom, _scan(folder / str(zoom), suffixes.pop(), partial(bounds, zoom))))
+    return CRS.from_epsg(3857), levels
+
+
+def _zooms(folder: Path) -> list[int]:
+    """The zoom levels of a folder, deepest first."""
+    zooms = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and _INT.match(p.name)), reverse=True)
+    if not zooms:
+        raise InputError("holds no zoom level folder ({z}/{x}/{y}.png|jpg)", folder)
+    return zooms
 
 
 def _deepest_zoom(folder: Path) -> int:
-    zooms = [int(p.name) for p in folder.iterdir() if p.is_dir() and _INT.match(p.name)]
-    if not zooms:
-        raise InputError("holds no zoom level folder ({z}/{x}/{y}.png|jpg)", folder)
-    return max(zooms)
+    return _zooms(folder)[0]
 
 
 # ----------------------------------------------------------------------------- tiles and the VRT
@@ -204,25 +227,74 @@ def _header(path: Path) -> tuple[tuple[int, int], str]:
     return size, mode
 
 
-def _vrt_xml(crs: CRS, tiles: list[Tile], folder: Path) -> str:
-    """A north-up VRT of ``tiles`` (bands red, green, blue, alpha) on the grid of their pixels."""
+def _res(tiles: list[Tile]) -> tuple[float, float]:
+    """The CRS units per pixel of tiles of one level (east, south)."""
     w, h = tiles[0].size
-    b = np.array([t.bounds for t in tiles])
-    res_x, res_y = (b[0, 2] - b[0, 0]) / w, (b[0, 3] - b[0, 1]) / h
-    west, north = b[:, 0].min(), b[:, 3].max()
-    cols = np.rint((b[:, 0] - west) / res_x).astype(np.int64)
-    rows = np.rint((north - b[:, 3]) / res_y).astype(np.int64)
-    if np.abs(cols * res_x - (b[:, 0] - west)).max() > 0.01 * res_x or np.abs(rows * res_y - (north - b[:, 3])).max() > 0.01 * res_y:
-        raise InputError("tiles do not fall on one pixel grid (a layout with rotated axes?)", folder)
-    width = int(cols.max()) + w
-    height = int(rows.max()) + h
+    west, south, east, north = tiles[0].bounds
+    return (east - west) / w, (north - south) / h
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """The north-up pixel grid of a VRT: its north-west corner, pixel size and size in pixels."""
+
+    west: float
+    north: float
+    res_x: float
+    res_y: float
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, tiles: list[Tile], folder: Path) -> _Canvas:
+        """The grid the tiles span at their own resolution."""
+        b = np.array([t.bounds for t in tiles])
+        res_x, res_y = _res(tiles)
+        canvas = cls(b[:, 0].min(), b[:, 3].max(), res_x, res_y, 0, 0)
+        cols, rows = canvas.place(tiles, folder)
+        w, h = tiles[0].size
+        return dataclasses.replace(canvas, width=int(cols.max()) + w, height=int(rows.max()) + h)
+
+    def coarser(self, factor: int) -> _Canvas:
+        """The same area ``factor`` times coarser: what GDAL reads as an overview of this canvas."""
+        return _Canvas(self.west, self.north, self.res_x * factor, self.res_y * factor, -(-self.width // factor), -(-self.height // factor))
+
+    def place(self, tiles: list[Tile], folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Each tile's pixel offset (column, row) on this grid; refused unless they fall on its pixels."""
+        b = np.array([t.bounds for t in tiles])
+        x, y = (b[:, 0] - self.west) / self.res_x, (self.north - b[:, 3]) / self.res_y
+        cols, rows = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+        if np.abs(cols - x).max() > 0.01 or np.abs(rows - y).max() > 0.01:
+            raise InputError("tiles do not fall on one pixel grid (a layout with rotated axes?)", folder)
+        return cols, rows
+
+
+def _covers(coarse: list[Tile], fine: list[Tile]) -> bool:
+    """Whether every fine tile's centre lies in a coarse tile: a level that does can stand in for the fine one."""
+    c = np.array([t.bounds for t in coarse])
+    f = np.array([t.bounds for t in fine])
+    size_x, size_y = c[0, 2] - c[0, 0], c[0, 3] - c[0, 1]
+    have = {(int(i), int(j)) for i, j in zip(np.rint((c[:, 0] - c[0, 0]) / size_x), np.rint((c[0, 3] - c[:, 3]) / size_y))}
+    i = np.floor(((f[:, 0] + f[:, 2]) / 2 - c[0, 0]) / size_x)
+    j = np.floor((c[0, 3] - (f[:, 1] + f[:, 3]) / 2) / size_y)
+    return all((int(a), int(b)) in have for a, b in zip(i, j))
+
+
+def _vrt_xml(crs: CRS, tiles: list[Tile], canvas: _Canvas, folder: Path, overviews: Sequence[str] = ()) -> str:
+    """A VRT of ``tiles`` on ``canvas`` (bands red, green, blue, alpha), with the VRT files ``overviews``
+    (beside it, finest first) as its overviews."""
+    cols, rows = canvas.place(tiles, folder)
     bands = []
     for band, name in enumerate(("Red", "Green", "Blue", "Alpha"), start=1):
         sources = "".join(_source(t, band, col, row) for t, col, row in zip(tiles, cols, rows))
-        bands.append(f'<VRTRasterBand dataType="Byte" band="{band}"><ColorInterp>{name}</ColorInterp>{sources}</VRTRasterBand>\n')
-    geotransform = ", ".join(repr(float(v)) for v in (west, res_x, 0, north, 0, -res_y))
+        links = "".join(
+            f'<Overview><SourceFilename relativeToVRT="1">{escape(o)}</SourceFilename><SourceBand>{band}</SourceBand></Overview>'
+            for o in overviews
+        )
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{band}"><ColorInterp>{name}</ColorInterp>{links}{sources}</VRTRasterBand>\n')
+    geotransform = ", ".join(repr(float(v)) for v in (canvas.west, canvas.res_x, 0, canvas.north, 0, -canvas.res_y))
     return (
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n'
+        f'<VRTDataset rasterXSize="{canvas.width}" rasterYSize="{canvas.height}">\n'
         f"<SRS>{escape(crs.to_wkt())}</SRS>\n<GeoTransform>{geotransform}</GeoTransform>\n{''.join(bands)}</VRTDataset>\n"
     )
 
