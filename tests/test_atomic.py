@@ -66,3 +66,13 @@ def test_a_termination_swallowed_by_c_code_still_commits_nothing(tmp_path):
         interrupts.forget()
     write_text(tmp_path / "out.txt", "complete")  # a new command starts afresh
     assert (tmp_path / "out.txt").read_text() == "complete"
+
+
+def test_a_swallowed_termination_is_not_reported_but_other_errors_are(capsys):
+    """Cython callbacks print an exception they swallow (``sys.excepthook``) and report it as unraisable;
+    a command's termination is not shown so (it stops the command instead), anything else still is."""
+    with interrupts.unreported_when_swallowed():
+        sys.excepthook(interrupts.Terminated, interrupts.Terminated(), None)
+        sys.excepthook(ValueError, ValueError("a real problem"), None)
+    err = capsys.readouterr().err
+    assert "Terminated" not in err and "ValueError: a real problem" in err

@@ -90,9 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can it handle signals
     interrupts.forget()
     previous = signal.signal(signal.SIGTERM, interrupts.raise_terminated) if in_main_thread else None
-    sys.unraisablehook = interrupts.quiet_swallowed
     try:
-        args.handler(args)
+        with interrupts.unreported_when_swallowed():
+            args.handler(args)
         interrupts.check()
     except ZoomlocError as exc:
         print(f"zoomloc {args.command}: error: {exc}", file=sys.stderr)
@@ -106,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zoomloc {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
-        sys.unraisablehook = sys.__unraisablehook__
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0

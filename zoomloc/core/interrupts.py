@@ -11,9 +11,11 @@ writer before it commits — stops a command that went on regardless.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -46,11 +48,26 @@ def check() -> None:
         raise Terminated
 
 
-def quiet_swallowed(unraisable: Any) -> None:
-    """``sys.unraisablehook``: a termination swallowed by C code is not printed as a traceback (the
-    command still stops, at the next :func:`check`); anything else is reported as usual."""
-    if not isinstance(unraisable.exc_value, Terminated):
-        sys.__unraisablehook__(unraisable)
+@contextlib.contextmanager
+def unreported_when_swallowed() -> Iterator[None]:
+    """While a command runs, a termination that C code swallows is not printed: Cython's callbacks print
+    it with its traceback (``sys.excepthook``) and report it as unraisable (``sys.unraisablehook``). The
+    command still stops, at the next :func:`check`; anything else is reported by the hooks as they were."""
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+    def quiet_unraisable(report: Any) -> None:
+        if not isinstance(report.exc_value, Terminated):
+            unraisable(report)
+
+    def quiet_excepthook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if not isinstance(value, Terminated):
+            excepthook(kind, value, traceback)
+
+    sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def _default_sigterm_in_child() -> None:
