@@ -25,18 +25,17 @@ def recall_within(errors_m: np.ndarray, thresholds: tuple[int, ...]) -> dict[str
 
 
 def recall_interval(
-    errors_m: np.ndarray, thresholds: tuple[int, ...], captures: np.ndarray | None = None, seed: int = 0
+    errors_m: np.ndarray, thresholds: tuple[int, ...], groups: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0
 ) -> dict[str, list[float]]:
     """95 % bootstrap interval (percent) of Recall@1 within each d.
 
-    Without ``captures`` (or with each query a capture of its own) the queries are resampled
-    with replacement; a resample's hit count is binomial in the query count and the observed
-    hit rate, so it is drawn as such, at no memory cost. With ``captures`` (a code per query),
-    whole captures are resampled and a resample's recall is its hits over its queries.
+    Without capture ``groups`` (:func:`capture_groups`) the queries are resampled with
+    replacement; a resample's hit count is binomial in the query count and the observed hit
+    rate, so it is drawn as such, at no memory cost. With them, whole captures are resampled
+    and a resample's recall is its hits over its queries.
     """
     errors_m = np.asarray(errors_m, dtype=float)
     n, rng = len(errors_m), np.random.default_rng(seed)
-    groups = capture_groups(captures, n)
     out = {}
     for d in thresholds:
         hit = errors_m <= d
@@ -80,11 +79,12 @@ def summarize_errors(
     """The accuracy part of ``metrics.json`` from top-1 errors ``[N]`` (and top-k errors ``[N, K]``);
     ``captures`` (a code per query) makes the intervals resample whole captures."""
     errors_m = np.asarray(errors_m, dtype=float)
+    groups = capture_groups(captures, len(errors_m))
     out: dict[str, object] = {
         "n_queries": int(len(errors_m)),
         "recall_at_1": recall_within(errors_m, RECALL_AT_1_M),
-        "recall_at_1_ci95": recall_interval(errors_m, RECALL_AT_1_M, captures),
-        "recall_at_1_ci95_resamples": "queries" if capture_groups(captures, len(errors_m)) is None else "captures",
+        "recall_at_1_ci95": recall_interval(errors_m, RECALL_AT_1_M, groups),
+        "recall_at_1_ci95_resamples": "queries" if groups is None else "captures",
         "median_error_m": float(np.median(errors_m)) if len(errors_m) else float("nan"),
         "mean_error_m": float(np.mean(errors_m)) if len(errors_m) else float("nan"),
     }
