@@ -43,7 +43,7 @@ from pyproj import CRS
 from data_prep.split import SplitSummary, write_given_split
 from zoomloc.core.atomic import atomic_path
 from zoomloc.core.errors import InputError, OutsideRegionError
-from zoomloc.geo.citydir import SPLITS, CityDir, check_image_id
+from zoomloc.geo.citydir import SPLITS, CityDir, check_coordinates, check_image_ids, read_table
 from zoomloc.geo.grid import ZoomGrid
 
 CENTRE_LATLON = (38.8936, -77.0116)  # the official code's geographic_center_latlon
@@ -145,31 +145,15 @@ def import_jzi(root: str | os.PathLike, city_dir: str | os.PathLike, *, val_frac
 
 def _read_csv(path: Path, grid: ZoomGrid) -> pd.DataFrame:
     """One metadata CSV, validated: columns, ids, coordinates, and each sequence against its photo."""
-    if not path.is_file():
-        raise InputError("no such file", path)
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a readable CSV ({str(exc).splitlines()[0]})", path) from None
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"missing required column(s) {', '.join(missing)}", path)
+    df = read_table(path, COLUMNS)
+    check_image_ids(df["image_id"], path)
+    check_coordinates(df, {"latitude": 90.0, "longitude": 180.0}, path)
+    out = df[["image_id", "latitude", "longitude"]].copy()
     sequence_id = next((c for c in SEQUENCE_ID_COLUMNS if c in df.columns), None)
-    out = pd.DataFrame({"image_id": df["image_id"].astype(str)})
     if sequence_id is not None:
-        out["sequence_id"] = df[sequence_id].astype(str)
-    for i, image_id in enumerate(out["image_id"]):
-        problem = check_image_id(image_id)
-        if problem:
-            raise InputError(f"line {i + 2}: {problem}", path)
-    for col, limit in (("latitude", 90.0), ("longitude", 180.0)):
-        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
-        bad = ~(np.isfinite(values) & (np.abs(values) <= limit))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(f"line {i + 2}: {col} {df[col].iloc[i]!r} is not a number within ±{limit:g}", path)
-        out[col] = values
-    paths = np.array([_parse_sequence(value, i, path) for i, value in enumerate(df["sequence"])], dtype=np.int64).reshape(-1, LEVELS)
+        out["sequence_id"] = df[sequence_id].fillna("").astype(str)  # empty: a photo without its capture
+    sequences = df["sequence"].fillna("")
+    paths = np.array([_parse_sequence(value, i, path) for i, value in enumerate(sequences)], dtype=np.int64).reshape(-1, LEVELS)
     out["near_edge"] = _check_sequences(grid, out["longitude"].to_numpy(), out["latitude"].to_numpy(), paths, path)
     return out
 

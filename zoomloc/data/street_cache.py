@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from zoomloc.core.config import from_mapping
 from zoomloc.core.errors import InputError, PyramidError
 from zoomloc.core.hdf5 import take_rows
 from zoomloc.data.photos import AugmentConfig, quiet_on_sigterm, street_input
@@ -185,9 +186,7 @@ class CacheViews:
         """A checkpoint's (its ``info``); the plain crops alone for one saved without it."""
         if "street_cache" not in info:
             return cls()
-        entry = info["street_cache"]
-        augment = AugmentConfig(**{**entry["augment"], "jpeg_quality": tuple(entry["augment"]["jpeg_quality"])})
-        return cls(augment, entry["views"], entry["seed"])
+        return from_mapping(cls, info["street_cache"], source="checkpoint info", prefix="street_cache.")
 
 
 def street_cache(

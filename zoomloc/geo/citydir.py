@@ -111,6 +111,10 @@ class CityDir:
     def embeddings_dir(self) -> Path:
         return self.root / "embeddings"
 
+    @property
+    def tiles_dir(self) -> Path:
+        return self.root / "tiles"
+
     def sharing(self, root: str | Path, split: bool = False) -> CityDir:
         """A city folder at ``root`` that shares this one's imagery, photos, region, pyramid and caches
         (relative links) and holds a split of its own: one city under several split protocols, each an
@@ -128,10 +132,6 @@ class CityDir:
             if not (link.is_symlink() or link.exists()):
                 link.symlink_to(os.path.relpath(own, root))
         return CityDir(root)
-
-    @property
-    def tiles_dir(self) -> Path:
-        return self.root / "tiles"
 
     @property
     def region_path(self) -> Path:
@@ -174,7 +174,7 @@ class CityDir:
     def read_split(self) -> pd.DataFrame:
         """split.csv as a DataFrame (image_id, split), validated against ``SPLITS``."""
         path = self.split_csv
-        df = _read_csv(path, ("image_id", "split"))
+        df = read_table(path, ("image_id", "split"))
         bad = ~df["split"].isin(SPLITS)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -217,26 +217,18 @@ def _digest(path: Path, what: str, remedy: str) -> str:
 
 def read_metadata_csv(path: Path) -> pd.DataFrame:
     """Read and validate a metadata.csv (see :class:`CityDir`)."""
-    df = _read_csv(path, METADATA_COLUMNS)
-    for i, image_id in enumerate(df["image_id"]):
-        problem = check_image_id(image_id)
-        if problem:
-            raise InputError(f"line {i + 2}: {problem}", path)
+    df = read_table(path, METADATA_COLUMNS)
+    check_image_ids(df["image_id"], path)
     dup = df["image_id"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
         raise InputError(f"line {i + 2}: duplicate image_id {df['image_id'].iloc[i]!r}", path)
-    for col, limit in (("lon", 180.0), ("lat", 90.0)):
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = ~(np.isfinite(values) & (values.abs() <= limit))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(f"line {i + 2}: {col} {str(df[col].iloc[i])!r} is not a number within ±{limit:g}", path)
-        df[col] = values.astype(float)
+    check_coordinates(df, {"lon": 180.0, "lat": 90.0}, path)
     return df
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV of photos (an ``image_id`` column among the ``required`` ones), or one line saying why not."""
     if not path.is_file():
         raise InputError("no such file", path)
     try:
@@ -248,3 +240,23 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise InputError(f"missing required column(s) {', '.join(missing)}", path)
     df["image_id"] = df["image_id"].fillna("").astype(str)
     return df
+
+
+def check_image_ids(ids: pd.Series, path: Path) -> None:
+    """An error naming the first id of a CSV (line by line) that is no safe file name stem (:func:`check_image_id`)."""
+    for i, image_id in enumerate(ids):
+        problem = check_image_id(image_id)
+        if problem:
+            raise InputError(f"line {i + 2}: {problem}", path)
+
+
+def check_coordinates(df: pd.DataFrame, limits: Mapping[str, float], path: Path) -> None:
+    """Make each column of ``limits`` (lon, lat by whatever names a CSV gives them) floats, in place; an
+    error naming the first value that is no number within ±its limit."""
+    for col, limit in limits.items():
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = ~(np.isfinite(values) & (values.abs() <= limit))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"line {i + 2}: {col} {str(df[col].iloc[i])!r} is not a number within ±{limit:g}", path)
+        df[col] = values.astype(float)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from data_prep.split import SplitConfig
 from zoomloc.core.config import load_yaml
+from zoomloc.data.photos import Photo
 from zoomloc.data.samples import Samples
 from zoomloc.evaluation.evaluate import evaluate_run
 from zoomloc.geo.pyramid import PyramidReader, PyramidSpec
@@ -88,13 +89,14 @@ def comparison(demo: DemoPaths) -> str:
 
 def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
     """Localize the first ``cfg.show`` test photos, print them and draw them on ``map.html``."""
-    loc = Localizer.load(demo.model, demo.city.pyramid_path, progress=False)
-    samples = Samples.from_city(demo.city, "test", loc.model.grid)
-    n = min(cfg.show, len(samples))
-    truths = list(zip(samples.lon[:n], samples.lat[:n]))
-    results = loc.localize(samples.image_paths[:n], beam=cfg.beam, topk=cfg.beam, truths=truths)
-    with PyramidReader(demo.city.pyramid_path) as pyr:
-        save_map(localization_map(results, pyr), demo.map)
+    with PyramidReader(demo.city.pyramid_path) as pyramid:  # opened once, as `zoomloc localize` does
+        loc = Localizer.load(demo.model, pyramid, progress=False)
+        samples = Samples.from_city(demo.city, "test", loc.model.grid)
+        n = min(cfg.show, len(samples))
+        photos = [Photo.read(path) for path in samples.image_paths[:n]]  # decoded once, for the model and the map
+        truths = list(zip(samples.lon[:n], samples.lat[:n]))
+        results = loc.localize(photos, beam=cfg.beam, topk=cfg.beam, truths=truths)
+        save_map(localization_map(results, pyramid, photos={str(p.path): p.image for p in photos}), demo.map)
     lines = [f"{n} held-out test photos (distance = to the photo's true position):"]
     lines += [describe(r, truth="the true position") for r in results]
     lines.append(f"map: {demo.map}")
