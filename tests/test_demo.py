@@ -37,14 +37,26 @@ def test_demo_builds_evaluates_and_localizes_held_out_photos(demo):
     # Then the zoom beside the retrieval baseline and the two references, on the same photos.
     rows = [re.match(r"  (\D+?) +([\d.]+) / +([\d.]+) / +([\d.]+) %", line).groups() for line in report[len(STAGES)].splitlines()[1:]]
     retrieval = json.loads((out / "retrieval" / "test" / "metrics.json").read_text())
-    expected = {"zoom": metrics, "retrieval": retrieval, **{n.replace("_", " "): m for n, m in metrics["references"].items()}}
-    assert [name for name, *_ in rows] == ["zoom", "retrieval", "nearest photo", "random"]
+    expected = {
+        "zoom": metrics,
+        "retrieval": retrieval,
+        "zoom fused": metrics["fused"],
+        "retrieval fused": retrieval["fused"],
+        **{n.replace("_", " "): m for n, m in metrics["references"].items()},
+    }
+    assert [name for name, *_ in rows] == ["zoom", "retrieval", "zoom fused", "retrieval fused", "nearest photo", "random"]
     for name, *recalls in rows:
         assert recalls == [f"{expected[name]['recall_at_1'][d]:.1f}" for d in ("25", "50", "100")]
     shown = report[-1]
-    assert shown.count("distance to the true position") == 3  # `show: 3` held-out photos
+    single, track = shown.split("localized as one track")
+    # `show: 3` held-out photos (less those of the capture fused below them), then that capture, a line pair per photo
+    n_single = int(re.match(r"(\d+) held-out test photos", single).group(1))
+    assert single.count("distance to the true position") == n_single <= 3
+    photos_in_track = int(re.search(r"capture of (\d+) test photos: \1 photos over", track).group(1))
+    assert track.count("distance to the true position: fused") == photos_in_track > 1
     html = (out / "map.html").read_text()
     assert "L.imageOverlay" in html and "data:image/" in html  # the imagery, inlined
+    assert "fused track" in html
 
 
 def test_second_demo_run_reuses_every_stage(demo):

@@ -24,10 +24,10 @@ from PIL import Image
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from zoomloc.core.errors import InputError
+from zoomloc.core.errors import InputError, ZoomlocError
 from zoomloc.geo.grid import geodesic_m, utm_crs_for
 from zoomloc.geo.pyramid import PyramidReader, PyramidSpec, build_pyramid
-from zoomloc.inference.localization import Candidate, Localization, Step
+from zoomloc.inference.localization import Candidate, Localization, Step, Track, TrackPoint
 from zoomloc.inference.viz import WEB_MERCATOR, default_imagery_level, localization_map, save_map, warp_to_web_mercator
 
 LON, LAT = 11.8, 60.0
@@ -252,3 +252,114 @@ def test_browser_shows_aligned_imagery_without_errors(rendered, tmp_path):
         assert len(rows) > 100, f"no magenta square near {x}, {y}"
         offset = np.hypot(cols.mean() - 59.5, rows.mean() - 59.5)
         assert offset < 4, f"the magenta square is {offset:.1f} px from where Leaflet puts its coordinates"
+
+
+# ------------------------------------------------------------------------------ a track
+TRACK_DX = (-440.0, -310.0, -60.0, 60.0)  # metres east of the image centre, along one street (cells are 125 m)
+TRACK_CANDIDATES = (0, 1, None, 0)  # the fused track takes photo 1's second candidate and judges photo 2 an outlier
+
+
+def _track(grid, folder) -> Track:
+    """Four photos of one capture (files, for their popups), each with its truth, and a fused track over them."""
+    cx, cy = _centre_xy()
+    photos = []
+    for i, dx in enumerate(TRACK_DX):
+        path = folder / f"frame_{i}.jpg"
+        Image.fromarray(np.full((60, 120, 3), (40 * i, 90, 200), np.uint8)).save(path)
+        truth = tuple(map(float, grid.to_lonlat(cx + dx + 20.0, cy - 30.0)))
+        photos.append(_localization(grid, str(path), dx, 0.0, truth))
+    points = []
+    for i, (photo, candidate) in enumerate(zip(photos, TRACK_CANDIDATES)):
+        if candidate is None:  # placed between its neighbours, as the fusion does
+            lon, lat = (photos[i - 1].lon + photos[i + 1].lon) / 2, (photos[i - 1].lat + photos[i + 1].lat) / 2
+        else:
+            lon, lat = photo.candidates[candidate].lon, photo.candidates[candidate].lat
+        points.append(TrackPoint(photo.image, lon, lat, (0.9, 0.6, 0.3, 0.8)[i], candidate, 2.5 * i))
+    return Track("sequence-7", tuple(photos), tuple(points), fusion_s=0.001)
+
+
+@pytest.fixture(scope="module")
+def track_rendered(pyramid_path, tmp_path_factory):
+    """The HTML of a map of one track (its photos given as the localizations, as ``zoomloc localize --track`` does), and the track."""
+    with PyramidReader(pyramid_path) as pyr:
+        track = _track(pyr.grid, tmp_path_factory.mktemp("track"))
+        page = localization_map(track.photos, pyr, tracks=[track]).get_root().render()
+    return page, track
+
+
+def _calls(page: str, function: str) -> list:
+    """The first argument (a JSON value) of every call of ``function`` in the page's script."""
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(page, m.end())[0] for m in re.finditer(rf"{re.escape(function)}\(\s*", page)]
+
+
+def test_html_of_a_track_has_its_layer_polylines_and_legend(track_rendered):
+    page, track = track_rendered
+    overlays = re.search(r"overlays\s*:\s*\{(.*?)\}", page, re.S).group(1)
+    assert re.findall(r'"([^"]+)"\s*:', overlays) == ["satellite", "zoom path", "candidates", "predicted", "truth", "fused track"]
+    lines = _calls(page, "L.polyline")
+    assert len(lines) == 3  # the fused path, the true path, and one multi-line of per-photo answer → fused point
+    fused = [[p.lat, p.lon] for p in track.points]
+    true = [[p.true_lat, p.true_lon] for p in track.photos]
+    pulls = [[[p.lat, p.lon], [q.lat, q.lon]] for p, q in zip(track.photos, track.points) if (p.lat, p.lon) != (q.lat, q.lon)]
+    assert len(pulls) == 2  # photo 1 (its second candidate) and photo 2 (the outlier); photos 0 and 3 kept their answers
+    paths, (multi,) = [line for line in lines if np.ndim(line) == 2], [line for line in lines if np.ndim(line) == 3]
+    assert len(paths) == 2 and any(np.allclose(line, fused, rtol=0, atol=1e-9) for line in paths)
+    assert any(np.allclose(line, true, rtol=0, atol=1e-9) for line in paths)
+    np.testing.assert_allclose(multi, pulls, rtol=0, atol=1e-9)
+    assert "sequence-7 — fused track of 4 photos" in page and "sequence-7 — true path" in page
+    assert page.count("L.circleMarker(") == 12  # per photo: its own answer, its truth, its fused point
+    assert not re.search(r'"permanent": true', page)  # no labelled error line per photo of a track
+    legend = re.search(r'<div style="position:fixed;bottom.*?</div></div>', page, re.S).group(0)
+    for label in ("per-photo answer", "fused track (click a point: the photo)", "per-photo answer → fused point", "true path"):
+        assert label in legend
+    assert "prediction (click" not in legend  # the photos' own answers are told apart from the fused track
+
+
+def test_every_photo_of_a_track_pops_up_from_its_fused_point(track_rendered):
+    page, track = track_rendered
+    popups = _calls(page, "bindPopup")
+    assert len(popups) == len(track.points)  # the fused points'; the photos' own dots only have tooltips
+    errors = track.errors_m()
+    for i, (popup, photo, point) in enumerate(zip(popups, track.photos, track.points)):
+        assert popup.startswith('<img src="data:image/jpeg;base64,') and html.escape(photo.image) in popup
+        where = f"fused {point.lat:.6f}, {point.lon:.6f} ({100 * point.probability:.2g}% given the capture"
+        assert f"photo {i + 1}/4 at {point.time_s:.1f} s: {where}" in popup
+        assert f"error {errors[i]:.0f} m (the photo alone: {photo.error_m:.0f} m)" in popup
+    assert "judged wrong" in popups[2] and "the photo&#x27;s candidate 2" in popups[1]
+
+
+def test_a_track_map_adds_the_fused_cells_views_and_needs_no_separate_photos(pyramid_path, track_rendered):
+    page, track = track_rendered
+    with PyramidReader(pyramid_path) as pyr:
+        grid = pyr.grid
+        own = {int(p.path[-1].cell) for p in track.photos}
+        fused = {
+            int(grid.cell_of_path(p.candidates[q.candidate].path)) for p, q in zip(track.photos, track.points) if q.candidate is not None
+        }
+        assert fused - own  # photo 1's second candidate is a cell no photo answered
+        assert page.count("L.imageOverlay(") == 1 + len(own | fused)  # the region, then each terminal cell's context crop
+        alone = localization_map([], pyr, tracks=[track]).get_root().render()
+    assert alone.count("L.circleMarker(") == 12 and alone.count("bindPopup") == 4 and alone.count("L.polyline(") == 3
+
+
+def test_a_map_that_cannot_be_written_is_one_line(pyramid_path, tmp_path):
+    blocker = tmp_path / "maps"
+    blocker.write_text("a file")
+    with PyramidReader(pyramid_path) as pyr, pytest.raises(ZoomlocError, match="cannot write the map") as error:
+        save_map(localization_map([], pyr), blocker / "map.html")
+    assert "\n" not in str(error.value) and sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/install_chromium.sh installs it)")
+def test_browser_shows_a_track_without_errors(track_rendered, tmp_path):
+    page_html, track = track_rendered
+    text = page_html.replace("<head>", "<head>" + _INSTRUMENT, 1)
+    page = tmp_path / "track.html"
+    page.write_text(text.replace("</html>", f"<script>const FEATURES = [];</script>{_REPORT}</html>"))
+    dom = _chromium(tmp_path, page.as_uri(), "--dump-dom")
+    found = re.search(r'<pre id="report"[^>]*>(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"the page wrote no report; chromium said:\n{dom.stderr[-2000:]}"
+    report = json.loads(html.unescape(found.group(1)))
+    assert report["errors"] == [] and report["leaflet"] == "object"
+    assert report["images"] and all(report["images"])

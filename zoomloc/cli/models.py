@@ -66,6 +66,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         beam=args.beam,
         out=args.out,
         with_references=not args.no_references,
+        fuse=args.fuse,
         progress=not args.quiet,
     )
     print(report.describe())
@@ -73,6 +74,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from zoomloc.evaluation.evaluate import evaluate_run
+    from zoomloc.evaluation.tracks import FUSE_CHOICES
     from zoomloc.geo.citydir import SPLITS
 
     setup(p, _evaluate, "zoomloc evaluate cities/demo --model runs/demo --split test --beam 4 --out runs/demo/test/metrics.json")
@@ -92,39 +94,118 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="skip the random-cell and nearest-training-photo references (the latter encodes every photo of a "
         "city whose street cache the model did not build)",
     )
+    p.add_argument(
+        "--fuse",
+        choices=FUSE_CHOICES,
+        default=None,
+        help="also localize each capture's photos (sequence_id, ordered by captured_at) as one track and report the fused accuracy",
+    )
 
 
 def _localize(args: argparse.Namespace) -> None:
-    """Photos are decoded once, before the model loads: a call with only unreadable files fails at once."""
+    """Photos are decoded (and a track's captures formed) before the model loads: a call with only
+    unreadable files, or with captures it cannot order, fails at once."""
     from zoomloc.geo.pyramid import PyramidReader
+    from zoomloc.inference.captures import expand_photos
     from zoomloc.inference.localize import Localizer
-    from zoomloc.inference.report import describe
+    from zoomloc.inference.report import describe, describe_track
 
     topk = args.beam if args.topk is None else args.topk
-    if args.beam < 1 or topk < 1:
-        raise ZoomlocError(f"--beam and --topk must be at least 1, got --beam {args.beam} --topk {topk}")
-    photos = _readable_photos(args.photos)
+    if args.beam < 1 or topk < 1 or args.candidates < 1:
+        raise ZoomlocError(f"--beam, --topk and --candidates must be at least 1, got {args.beam}, {topk}, {args.candidates}")
+    track_only = [
+        flag
+        for flag, given in (("--records", args.records), ("--interval", args.interval), ("--untimed", args.untimed))
+        if given is not None
+    ]
+    if track_only and not args.track:
+        raise ZoomlocError(f"{', '.join(track_only)} only apply with --track")
+    paths = expand_photos(args.photos)
+    photos = _readable_photos(paths)
     if not photos:
-        raise ZoomlocError(f"none of the {len(args.photos)} photos could be read")
+        raise ZoomlocError(f"none of the {len(paths)} photos could be read")
+    captures = _captures(photos, args) if args.track else None
     model, pyramid_path = _model_and_pyramid(args)
     with PyramidReader(pyramid_path) as pyramid:  # opened once: the model's grid is checked on it, the map drawn from it
         loc = Localizer.load(model, pyramid, progress=not args.quiet)
-        results = loc.localize(photos, beam=args.beam, topk=topk, truths=[photo.gps for photo in photos])
-        for result in results:
-            print(json.dumps(result.to_json()) if args.json else describe(result))
-        if args.map is not None:  # folium and the imagery warp load only for a map
-            from zoomloc.inference.viz import localization_map, save_map
+        truths = [photo.gps for photo in photos]
+        if captures is None:
+            tracks = []
+            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths)
+            for result in results:
+                print(json.dumps(result.to_json()) if args.json else describe(result))
+        else:
+            tracks = _tracks(loc, photos, captures, truths, args)
+            results = [photo for track in tracks for photo in track.photos]
+            for track in tracks:
+                print(json.dumps(track.to_json()) if args.json else describe_track(track))
+        written = _write_outputs(args, results, tracks, pyramid, photos)
+    if not args.json:
+        for line in written:
+            print(line)
 
-            save_map(localization_map(results, pyramid, photos={str(p.path): p.image for p in photos}), args.map)
-    if args.map is not None and not args.json:
-        print(f"map: {args.map}")
+
+def _captures(photos: Sequence[Photo], args: argparse.Namespace):
+    """The photos as captures, in capture order (:mod:`zoomloc.inference.captures`): by the records' sequence
+    ids and times, else by EXIF times, else by file order and ``--interval``."""
+    from zoomloc.inference.captures import group_captures, photo_times, read_records
+
+    records = None if args.records is None else read_records(args.records)
+    times, sequences = photo_times(photos, records, args.records)
+    return group_captures([str(p.path) for p in photos], times, sequences, interval_s=args.interval, untimed=args.untimed or "refuse")
+
+
+def _tracks(loc, photos: Sequence[Photo], captures, truths, args: argparse.Namespace):
+    """Each capture localized as one track; every photo is encoded once, in one pass."""
+    from zoomloc.inference.fusion import CAPTURE_SPEEDS_MPS, FusionConfig
+
+    street = loc.embed_photos(photos)
+    fusion = FusionConfig(speed_mps=CAPTURE_SPEEDS_MPS[args.mode])
+    return [
+        loc.track_embeddings(
+            street[list(c.indices)],
+            [str(photos[i].path) for i in c.indices],
+            c.times_s,
+            capture=c.name,
+            candidates=args.candidates,
+            truths=[truths[i] for i in c.indices],
+            fusion=fusion,
+        )
+        for c in captures
+    ]
+
+
+def _write_outputs(args: argparse.Namespace, results, tracks, pyramid, photos: Sequence[Photo]) -> list[str]:
+    """The files asked for (GeoJSON, CSV, map), each written atomically; a line naming each."""
+    written = []
+    if args.geojson is not None or args.csv is not None:
+        from zoomloc.inference.export import write_csv, write_geojson
+
+        for path, write in ((args.geojson, write_geojson), (args.csv, write_csv)):
+            if path is not None:
+                write(path, results, tracks)
+                written.append(f"{'GeoJSON' if write is write_geojson else 'CSV'}: {path}")
+    if args.map is not None:  # folium and the imagery warp load only for a map
+        from zoomloc.inference.viz import localization_map, save_map
+
+        save_map(localization_map(results, pyramid, photos={str(p.path): p.image for p in photos}, tracks=tracks), args.map)
+        written.append(f"map: {args.map}")
+    return written
 
 
 def localize_arguments(p: argparse.ArgumentParser) -> None:
-    from zoomloc.inference.localize import Localizer
+    from zoomloc.inference.fusion import CAPTURE_SPEEDS_MPS
+    from zoomloc.inference.localize import TRACK_CANDIDATES, Localizer
 
-    setup(p, _localize, "zoomloc localize photo.jpg --map map.html   (the demo model; or --model runs/NAME --city CITY_DIR)")
-    p.add_argument("photos", type=Path, nargs="+", metavar="PHOTO", help="photos to localize; unreadable ones are skipped")
+    setup(
+        p,
+        _localize,
+        "zoomloc localize photo.jpg --map map.html   (the demo model; or --model runs/NAME --city CITY_DIR)\n"
+        "  zoomloc localize drive/ --track --geojson drive.geojson   (a folder of one capture, ordered by EXIF times)",
+    )
+    p.add_argument(
+        "photos", type=Path, nargs="+", metavar="PHOTO", help="photos or folders of photos to localize; unreadable ones are skipped"
+    )
     default = "default: the embedded demo, built by `make demo`"
     p.add_argument("--model", type=Path, default=None, metavar="RUN_DIR", help=f"run folder or checkpoint ({default})")
     p.add_argument("--city", type=Path, default=None, metavar="CITY_DIR", help=f"city directory with pyramid.h5 ({default})")
@@ -132,8 +213,49 @@ def localize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--topk", type=int, default=None, help="candidates to report (default: --beam); more than --beam widens the beam to --topk"
     )
-    p.add_argument("--json", action="store_true", help="one JSON object per photo and line on stdout, nothing else")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per photo (per capture with --track) and line on stdout, nothing else"
+    )
     p.add_argument("--map", type=Path, default=None, metavar="OUT.html", help="also write an interactive map of the results")
+    p.add_argument(
+        "--geojson", type=Path, default=None, metavar="OUT.geojson", help="also write the answers (and tracks) as GeoJSON, EPSG:4326"
+    )
+    p.add_argument("--csv", type=Path, default=None, metavar="OUT.csv", help="also write the answers as CSV, a row per photo")
+    track = p.add_argument_group("captures (--track): photos of one camera along the streets, localized together; no GPS is used")
+    track.add_argument(
+        "--track",
+        action="store_true",
+        help="localize the photos as captures: grouped by sequence_id (--records), ordered by time, fused into tracks",
+    )
+    track.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CSV or GeoJSON with image_id (or id), captured_at, sequence_id (or sequence): a city's metadata.csv or a "
+        "Mapillary export (its positions are not read); default: each photo's EXIF DateTimeOriginal, one capture",
+    )
+    track.add_argument("--interval", type=float, default=None, metavar="SECONDS", help="seconds between photos of a capture without times")
+    track.add_argument(
+        "--untimed",
+        choices=("refuse", "order"),
+        default=None,
+        help="a photo without a time in a timed capture: refuse (default), or place it by its order",
+    )
+    track.add_argument(
+        "--mode",
+        choices=tuple(CAPTURE_SPEEDS_MPS),
+        default="car",
+        help="how the capture moves, which bounds its speed: "
+        + ", ".join(f"{m} ≤ {v:g} m/s" for m, v in CAPTURE_SPEEDS_MPS.items())
+        + " (default %(default)s)",
+    )
+    track.add_argument(
+        "--candidates",
+        type=int,
+        default=TRACK_CANDIDATES,
+        help="cells per photo the fusion chooses among (a zoom model's beam is that wide; default %(default)s)",
+    )
 
 
 def _model_and_pyramid(args: argparse.Namespace) -> tuple[Path, Path]:

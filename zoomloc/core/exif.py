@@ -5,16 +5,20 @@ reference letters, and often write them badly: zero denominators, missing refere
 0°N 0°E placeholder when there was no fix. :func:`read_gps` turns every such case into one of
 two exceptions so that an import can skip the photo with a reason instead of placing it at a
 wrong spot; it never guesses a hemisphere.
+
+:func:`read_capture_time` reads when the photo was taken, which orders the frames of a capture;
+a time that is written but cannot be read is an error too, never taken for a missing one.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from PIL import Image
 from PIL.ExifTags import GPS, IFD, Base
@@ -41,20 +45,79 @@ class GpsFix:
     captured_at: str | None  # DateTimeOriginal as ISO 8601, camera local time
 
 
+@dataclass(frozen=True)
+class PhotoExif:
+    """What a user's photo says of itself, from one reading of its EXIF.
+
+    A photo is localized with or without these, so neither is an error here: ``gps`` is None
+    without a usable fix, and ``time_problem`` says why a capture time that is written could not
+    be read (a track cannot order the photo then; a single photo does not need its time).
+    """
+
+    gps: GpsFix | None
+    captured_at: datetime | None
+    time_problem: str | None
+
+
+@dataclass(frozen=True)
+class _Tags:
+    """The IFDs of one EXIF block, and Pillow's warning when the block is damaged."""
+
+    base: Image.Exif
+    exif: dict
+    gps: dict
+    damage: str | None
+
+
+def read_photo_exif(image: Image.Image) -> PhotoExif:
+    """The GPS fix and capture time of an opened image.
+
+    Pillow caches an image's EXIF once parsed and does not raise or warn again, so a second
+    reader of the same image would take a damaged block for a sound one; both are read here at once.
+    """
+    try:
+        tags = _read_tags(image)
+    except CorruptExifError as exc:
+        return PhotoExif(None, None, str(exc))
+    try:
+        gps = _gps_fix(tags)
+    except (NoGpsError, CorruptExifError):
+        gps = None
+    try:
+        return PhotoExif(gps, _capture_time(tags), None)
+    except CorruptExifError as exc:
+        return PhotoExif(gps, None, str(exc))
+
+
 def read_gps(image: Image.Image) -> GpsFix:
     """The GPS fix of an opened image; raises :class:`NoGpsError` or :class:`CorruptExifError`."""
+    return _gps_fix(_read_tags(image))
+
+
+def read_capture_time(image: Image.Image) -> datetime | None:
+    """When an opened image was taken, or None when EXIF does not say; :class:`CorruptExifError`
+    when it says so unreadably (see :func:`_capture_time`)."""
+    return _capture_time(_read_tags(image))
+
+
+def _read_tags(image: Image.Image) -> _Tags:
+    """The image's EXIF; :class:`CorruptExifError` when Pillow cannot parse it at all."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             exif = image.getexif()
-            gps = exif.get_ifd(IFD.GPSInfo)
-            exif_ifd = exif.get_ifd(IFD.Exif)
+            exif_ifd, gps = exif.get_ifd(IFD.Exif), exif.get_ifd(IFD.GPSInfo)
         except _PARSE_ERRORS as exc:
             raise CorruptExifError(f"EXIF cannot be parsed ({exc})") from None
+    return _Tags(exif, exif_ifd, gps, str(caught[0].message) if caught else None)
+
+
+def _gps_fix(tags: _Tags) -> GpsFix:
+    gps = tags.gps
     if GPS.GPSLatitude not in gps or GPS.GPSLongitude not in gps:
-        if caught:
+        if tags.damage:
             # Pillow only warns on a damaged block; the GPS tags may be what was lost.
-            raise CorruptExifError(f"EXIF is damaged ({caught[0].message})")
+            raise CorruptExifError(f"EXIF is damaged ({tags.damage})")
         raise NoGpsError("no GPS position in EXIF")
     lat = _signed_degrees(gps[GPS.GPSLatitude], gps.get(GPS.GPSLatitudeRef), "NS", 90.0)
     lon = _signed_degrees(gps[GPS.GPSLongitude], gps.get(GPS.GPSLongitudeRef), "EW", 180.0)
@@ -64,8 +127,49 @@ def read_gps(image: Image.Image) -> GpsFix:
         lon=lon,
         lat=lat,
         heading_deg=_heading(gps.get(GPS.GPSImgDirection)),
-        captured_at=_iso_time(exif_ifd.get(Base.DateTimeOriginal) or exif.get(Base.DateTime)),
+        captured_at=_iso_time(tags.exif.get(Base.DateTimeOriginal) or tags.base.get(Base.DateTime)),
     )
+
+
+_OFFSET = re.compile(r"([+-])(\d\d):(\d\d)")  # an EXIF UTC offset, "+02:00"
+
+
+def _capture_time(tags: _Tags) -> datetime | None:
+    """``DateTimeOriginal`` (the shutter), else ``DateTime`` (last written, often the same), with
+    the fraction of a second and the UTC offset EXIF 2.31 writes beside each: aware with an
+    offset, naive without.
+
+    Cameras without a set clock write blanks or zeros for "unknown", which is no time. Any other
+    value that is not a time raises: read as missing, it would let a photo be placed by guess.
+    """
+    exif = tags.exif
+    for name, value, subsec, offset in (
+        ("DateTimeOriginal", exif.get(Base.DateTimeOriginal), exif.get(Base.SubsecTimeOriginal), exif.get(Base.OffsetTimeOriginal)),
+        ("DateTime", tags.base.get(Base.DateTime), exif.get(Base.SubsecTime), exif.get(Base.OffsetTime)),
+    ):
+        text = _text(value).strip()
+        if not text.strip(" :0"):
+            continue
+        try:
+            when = datetime.strptime(text, "%Y:%m:%d %H:%M:%S")
+        except ValueError:
+            raise CorruptExifError(f"{name} {value!r} is not a YYYY:MM:DD HH:MM:SS time") from None
+        fraction = _text(subsec).strip()
+        if fraction:
+            if not (fraction.isascii() and fraction.isdigit()):
+                raise CorruptExifError(f"the fraction of a second {subsec!r} of {name} is not digits")
+            when += timedelta(microseconds=int(fraction[:6].ljust(6, "0")))
+        zone = _text(offset).strip()
+        if zone.strip(" :"):
+            match = _OFFSET.fullmatch(zone)
+            if match is None or int(match[2]) > 23 or int(match[3]) > 59:
+                raise CorruptExifError(f"the UTC offset {offset!r} of {name} is not like +02:00")
+            sign = -1 if match[1] == "-" else 1
+            when = when.replace(tzinfo=timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3]))))
+        return when
+    if tags.damage:
+        raise CorruptExifError(f"EXIF is damaged ({tags.damage})")  # the time may be what was lost
+    return None
 
 
 def _signed_degrees(value, ref, letters: str, limit: float) -> float:

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import torchvision.transforms.v2 as T
 from PIL import Image, ImageOps
 
 from zoomloc.core.errors import InputError
-from zoomloc.core.exif import CorruptExifError, NoGpsError, read_gps
+from zoomloc.core.exif import read_photo_exif
 from zoomloc.models.encoders import ViewTransforms
 
 
@@ -97,21 +98,26 @@ def load_photo(path: str | Path) -> Image.Image:
 
 @dataclass(frozen=True)
 class Photo:
-    """A user's photo read once: its pixels, upright, and the position its EXIF GPS gives, if any
-    (a photo without a usable fix is still localized)."""
+    """A user's photo read once: its pixels, upright, and what its EXIF says, if anything: the
+    position its GPS gives and when it was taken (a photo without either is still localized).
+
+    ``time_problem`` says why a capture time that is written could not be read: a single photo
+    does not need its time, but a track (:mod:`zoomloc.inference.captures`) must not place the
+    photo by a guess and refuses it.
+    """
 
     path: Path
     image: Image.Image
     gps: tuple[float, float] | None  # (lon, lat)
+    captured_at: datetime | None = None  # EXIF DateTimeOriginal; aware when EXIF gives its UTC offset
+    time_problem: str | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> Photo:
         with _opened(path) as img:
-            try:
-                fix = read_gps(img)
-            except (NoGpsError, CorruptExifError):
-                fix = None
-            return cls(Path(path), _upright(img), None if fix is None else (fix.lon, fix.lat))
+            exif = read_photo_exif(img)
+            gps = None if exif.gps is None else (exif.gps.lon, exif.gps.lat)
+            return cls(Path(path), _upright(img), gps, exif.captured_at, exif.time_problem)
 
 
 def quiet_on_sigterm(worker_id: int) -> None:

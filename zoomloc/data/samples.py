@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from zoomloc.core.errors import InputError
+from zoomloc.core.times import capture_seconds
 from zoomloc.geo.citydir import CityDir, capture_codes
 from zoomloc.geo.grid import ZoomGrid
 
@@ -28,6 +29,7 @@ class Samples:
     offsets: np.ndarray  # [N, 2] float32 (dx east, dy south) in terminal-cell sides, in [-0.5, 0.5)
     outside: int  # photos of the split dropped because they lie outside the grid's region
     captures: np.ndarray  # [N] capture (sequence) codes: what an interval resamples (citydir.capture_codes)
+    times_s: np.ndarray  # [N] float seconds since the epoch of ``captured_at``, NaN where metadata.csv has none
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -59,6 +61,7 @@ class Samples:
             offsets=offsets.astype(np.float32),
             outside=int((~inside).sum()),
             captures=meta["capture"].to_numpy(),
+            times_s=_times(meta, city.metadata_csv),
         )
 
     def subset(self, n: int, seed: int = 0) -> Samples:
@@ -75,4 +78,13 @@ class Samples:
             self.offsets[idx],
             self.outside,
             self.captures[idx],
+            self.times_s[idx],
         )
+
+
+def _times(meta, where: Path) -> np.ndarray:
+    """Each photo's ``captured_at`` in seconds (what orders a capture's frames), NaN where absent."""
+    if "captured_at" not in meta.columns:
+        return np.full(len(meta), np.nan)
+    seconds = [capture_seconds(v, str(where)) for v in meta["captured_at"]]
+    return np.array([np.nan if v is None else v for v in seconds], dtype=float)

@@ -17,8 +17,10 @@ beside it::
      "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
      "index_build_s": s,      # embedding every pyramid view (as timed when the view cache was made;
                               # retrieval: plus building its database)
-     "references": {"nearest_photo": {...}, "random": {...}}}  # zoomloc.evaluation.references, same photos; the
+     "references": {"nearest_photo": {...}, "random": {...}},  # zoomloc.evaluation.references, same photos; the
                               # nearest photo not on the train split
+     "fused": {"recall_at_1": {...}, "median_error_m": m, "truth_among_candidates": {...},
+               "captures_mostly_within_50m": %, ...}}  # with --fuse captures: zoomloc.evaluation.tracks
 
 The references put the model's figures in context: the random cell is the floor, the nearest
 training photo the rival that needs no map (:mod:`zoomloc.evaluation.references`).
@@ -52,6 +54,7 @@ from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import CacheViews, StreetCache
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, summarize_errors
 from zoomloc.evaluation.references import references
+from zoomloc.evaluation.tracks import FUSE_CHOICES, fused_accuracy
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
 from zoomloc.inference.localization import Localization
@@ -93,6 +96,15 @@ class EvalReport:
             lines.append(
                 f"            from the true parent: {', '.join(f'{a:.1f}%' for a in tf['step_accuracy'])} (true child's mean rank {ranks})"
             )
+        if "fused" in m:
+            f = m["fused"]
+            fused = "  ".join(f"{d} m: {v:5.1f}%" for d, v in f["recall_at_1"].items())
+            lines += [
+                f"  fused     Recall@1  {fused}  (each capture's photos as one track, {f['candidates']} candidates each)",
+                f"            median {f['median_error_m']:.1f} m; {f['captures_mostly_within_50m']:.1f}% of {f['n_captures']} captures "
+                f"within 50 m for most photos; truth among the candidates within 100 m for {f['truth_among_candidates']['100']:.1f}%; "
+                f"fusion {f['fusion_ms_per_photo']:.2f} ms per photo",
+            ]
         for name, ref in m.get("references", {}).items():
             lines.append(
                 f"  {name.replace('_', ' ') + ':':<14} R@1 within 50 / 100 m {ref['recall_at_1']['50']:.1f} / "
@@ -117,12 +129,16 @@ def evaluate_run(
     beam: int = 1,
     out: str | os.PathLike,
     with_references: bool = True,
+    fuse: str | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Evaluate the model of ``model`` (run folder or checkpoint) on ``split`` of ``city_dir``, and the
-    references (:mod:`zoomloc.evaluation.references`) on the same photos unless ``with_references`` is off."""
+    references (:mod:`zoomloc.evaluation.references`) on the same photos unless ``with_references`` is off;
+    with ``fuse="captures"``, also each capture's photos fused as one track (:mod:`zoomloc.evaluation.tracks`)."""
     if beam < 1:
         raise InputError(f"--beam must be at least 1, got {beam}")
+    if fuse is not None and fuse not in FUSE_CHOICES:
+        raise InputError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got {fuse!r}")
     city = CityDir(city_dir)
     out = Path(out)
     loc = Localizer.load(model, city.pyramid_path, progress=progress)
@@ -137,6 +153,9 @@ def evaluate_run(
         decoded = {str(beam): {"recall_at_1": metrics["recall_at_1"], "median_error_m": metrics["median_error_m"]}}
         others = by_beam(loc, street, samples, [b for b in COMPARED_BEAMS if b != beam])
         metrics["by_beam"] = dict(sorted({**decoded, **others}.items(), key=lambda item: int(item[0])))
+    fused_errors = {}
+    if fuse is not None:
+        metrics["fused"], fused_errors["fused"] = fused_accuracy(loc, street, samples)
     metrics["latency_ms"] = _latency_ms(loc, samples, beam)
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["index_build_s"] = loc.index_build_s
@@ -164,13 +183,19 @@ def evaluate_run(
             "pred_lon": [r.lon for r in best],
             "pred_lat": [r.lat for r in best],
             "error_m": errors,
-            **{f"{name}_error_m": e for name, e in reference_errors.items()},
+            **{f"{name}_error_m": e for name, e in {**fused_errors, **reference_errors}.items()},
         }
     )
     with atomic_path(out.parent / "errors.csv") as tmp:
         table.to_csv(tmp, index=False)
     plot_error_cdfs(
-        {"": {metrics["model"]: errors, **{name.replace("_", " "): e for name, e in reference_errors.items()}}},
+        {
+            "": {
+                metrics["model"]: errors,
+                **{f"{metrics['model']} fused": e for e in fused_errors.values()},
+                **{name.replace("_", " "): e for name, e in reference_errors.items()},
+            }
+        },
         out.parent / "error_cdf.png",
     )
     write_text(out, json.dumps(metrics, indent=2) + "\n")

@@ -88,3 +88,69 @@ class Localization:
             "inside_map": self.inside_map,
             "warnings": list(self.warnings),
         }
+
+
+@dataclass(frozen=True)
+class TrackPoint:
+    """Where one photo of a capture was taken, according to the capture as a whole.
+
+    ``candidate`` is the index, among the photo's own ``candidates``, of the cell the fused track
+    passes through; None where the track judged every candidate of the photo wrong (an outlier
+    frame): the point is then interpolated in time between its neighbours on the track.
+    ``probability`` is the posterior of the fused answer given every photo of the capture
+    (forward-backward): of that candidate, or of the outlier state.
+    """
+
+    image: str
+    lon: float
+    lat: float
+    probability: float
+    candidate: int | None
+    time_s: float  # seconds since the capture's first photo (by its times, or its order × --interval)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One capture localized as a whole: each photo's own answer and the fused track, in capture order.
+
+    ``photos[i]`` and ``points[i]`` are the same photo; the fusion used only the photos' candidates
+    and times, never a photo's GPS (``photos[i].true_lon/true_lat`` are for the errors only).
+    """
+
+    capture: str  # the sequence_id, or a name for a capture without one
+    photos: tuple[Localization, ...]
+    points: tuple[TrackPoint, ...]
+    fusion_s: float  # wall time of the fusion alone
+
+    def errors_m(self) -> np.ndarray | None:
+        """Geodesic error of each fused point ``[T]``, when every photo's true position is known."""
+        if any(p.true_lon is None or p.true_lat is None for p in self.photos):
+            return None
+        return geodesic_m(
+            np.array([q.lon for q in self.points]),
+            np.array([q.lat for q in self.points]),
+            np.array([p.true_lon for p in self.photos]),
+            np.array([p.true_lat for p in self.photos]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``zoomloc localize --track --json`` record of the capture."""
+        errors = self.errors_m()
+        return {
+            "capture": self.capture,
+            "photos": [
+                {
+                    **photo.to_json(),
+                    "time_s": point.time_s,
+                    "fused": {
+                        "lat": point.lat,
+                        "lon": point.lon,
+                        "probability": point.probability,
+                        "candidate": point.candidate,
+                        "error_m": None if errors is None else float(errors[i]),
+                    },
+                }
+                for i, (photo, point) in enumerate(zip(self.photos, self.points))
+            ],
+            "fusion_s": self.fusion_s,
+        }

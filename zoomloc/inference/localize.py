@@ -5,12 +5,17 @@
     loc = Localizer.load("runs/demo", pyramid="cities/demo/pyramid.h5")
     for r in loc.localize(["photo.jpg"], beam=4, topk=4):
         print(r.lat, r.lon, r.probability)
+    track = loc.localize_track(["f1.jpg", "f2.jpg", "f3.jpg"], times_s=[0.0, 1.5, 3.0])
 
 Satellite view embeddings come from a cache beside the pyramid (computed on first use for the
 model's satellite-encoder weights), so a query costs one street-view encoder pass and L policy
 steps per beam, whatever the size of the map. A retrieval model (:mod:`zoomloc.models.retrieval`)
 goes through the same class: its database is built from the same cache when it loads, and a
 query is one street pass and one exact search; ``beam`` does not apply to it.
+
+A capture (photos of one camera along a street, with their times) is localized as one
+:class:`~zoomloc.inference.localization.Track`: each photo's K best cells, fused by
+:mod:`zoomloc.inference.fusion`.
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from zoomloc.core.errors import InputError
 from zoomloc.data.photos import Photo, load_photo
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.confidence import guess_warning
-from zoomloc.inference.localization import Candidate, Localization, Step
+from zoomloc.inference.fusion import FusionConfig, fuse
+from zoomloc.inference.localization import Candidate, Localization, Step, Track, TrackPoint
 from zoomloc.models.base import LocalizationModel
 from zoomloc.models.beam import BeamResult
 from zoomloc.models.checkpoint import load_model
 from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings
 
 BATCH = 32
+TRACK_CANDIDATES = 32  # candidates per photo a capture's fusion chooses among (the truth is among them far more often than first)
 
 Query = str | os.PathLike | Image.Image | Photo
 """A photo to localize: a file, a decoded image, or a :class:`~zoomloc.data.photos.Photo` read already."""
@@ -183,3 +191,65 @@ class Localizer:
                 )
             )
         return out
+
+    def localize_track(
+        self,
+        images: Sequence[Query],
+        times_s: Sequence[float],
+        *,
+        capture: str = "capture",
+        candidates: int = TRACK_CANDIDATES,
+        truths: Sequence[tuple[float, float] | None] | None = None,
+        fusion: FusionConfig | None = None,
+    ) -> Track:
+        """Localize the photos of one capture, in capture order, taken at ``times_s`` (seconds,
+        non-decreasing), as one track (see :meth:`track_embeddings`)."""
+        names = [_name(img) for img in images]
+        return self.track_embeddings(
+            self.embed_photos(images), names, times_s, capture=capture, candidates=candidates, truths=truths, fusion=fusion
+        )
+
+    @torch.no_grad()
+    def track_embeddings(
+        self,
+        street_emb: Tensor,
+        names: Sequence[str],
+        times_s: Sequence[float],
+        *,
+        capture: str = "capture",
+        candidates: int = TRACK_CANDIDATES,
+        truths: Sequence[tuple[float, float] | None] | None = None,
+        fusion: FusionConfig | None = None,
+    ) -> Track:
+        """A capture's track from its photos' street embeddings ``[T, D]``, in capture order.
+
+        Each photo's answer is the best of its ``candidates`` (a zoom model's beam is that wide);
+        the fusion chooses among them by the times alone: no photo's GPS is read (``truths`` set
+        the errors only).
+        """
+        if candidates < 1:
+            raise InputError(f"candidates must be at least 1, got {candidates}")
+        photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths)
+        grid = self.model.grid
+        lonlat = np.array([[(c.lon, c.lat) for c in p.candidates] for p in photos])  # [T, K, 2]
+        x, y = grid.to_xy(lonlat[..., 0], lonlat[..., 1])
+        probs = np.array([[c.probability for c in p.candidates] for p in photos])
+        times = np.asarray(times_s, dtype=float)
+        start = time.perf_counter()
+        fused = fuse(
+            np.stack([x, y], -1), probs, times, fusion or FusionConfig(), cell_m=grid.terminal_m, n_cells=grid.n_cells(grid.levels)
+        )
+        lon, lat = grid.to_lonlat(fused.xy[:, 0], fused.xy[:, 1])
+        fusion_s = time.perf_counter() - start
+        points = tuple(
+            TrackPoint(
+                image=p.image,
+                lon=float(lon[i]),
+                lat=float(lat[i]),
+                probability=float(fused.probability[i]),
+                candidate=None if fused.state[i] < 0 else int(fused.state[i]),
+                time_s=float(times[i] - times[0]),
+            )
+            for i, p in enumerate(photos)
+        )
+        return Track(capture, tuple(photos), points, fusion_s)

@@ -23,7 +23,7 @@ import html
 import io
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 
@@ -39,12 +39,12 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import calculate_default_transform, reproject
 
-from zoomloc.core.atomic import write_text
 from zoomloc.core.errors import InputError
 from zoomloc.data.photos import load_photo
 from zoomloc.geo.grid import WGS84, ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
-from zoomloc.inference.localization import Localization
+from zoomloc.inference.export import write_output
+from zoomloc.inference.localization import Localization, Track, TrackPoint
 
 WEB_MERCATOR = CRS.from_epsg(3857)
 MAX_MOSAIC_PX = 2048
@@ -54,6 +54,7 @@ THUMBNAIL_PX = 200  # the photo in a prediction's popup
 LatLonBounds = tuple[tuple[float, float], tuple[float, float]]  # ((south, west), (north, east)), Leaflet's order
 _TO_WGS84 = Transformer.from_crs(WEB_MERCATOR, WGS84, always_xy=True)
 _PREDICTED, _TRUTH, _CANDIDATE, _ERROR_LINE = "#ff3b30", "#34c759", "#00d5ff", "#ffd60a"
+_FUSED, _PULL = "#0a84ff", "#f2f2f7"  # the fused track; the thin line from a photo's own answer to its fused point
 
 
 def localization_map(
@@ -63,6 +64,7 @@ def localization_map(
     imagery_level: int | None = None,
     max_candidates: int = 5,
     photos: Mapping[str, Image.Image] | None = None,
+    tracks: Sequence[Track] = (),
 ) -> folium.Map:
     """A map of the region's imagery and of each localization's zoom, candidates and error.
 
@@ -72,6 +74,14 @@ def localization_map(
     "truth", with a legend of their colours. Tooltips name the image, so many photos can share one
     map; a prediction's popup shows the photo: from ``photos`` (decoded already, by the name a
     localization gives) or else read from its file.
+
+    ``tracks`` (captures localized as a whole) add the layer "fused track": each track's fused path,
+    a dot per fused point whose popup shows the photo, its time, the fused probability and the
+    errors, and a thin line from each photo's own answer to its fused point. A track's photos
+    (``track.photos``, drawn whether or not ``localizations`` lists them) keep their own answers in
+    "predicted", as smaller dots whose photo is the fused point's popup; their true positions in
+    "truth" are joined as the true path, with no error line per photo. The imagery adds the sharper
+    views along the cells the fused points pass through.
     """
     grid = pyramid.grid
     level = default_imagery_level(grid, pyramid.px) if imagery_level is None else imagery_level
@@ -81,23 +91,34 @@ def localization_map(
     m = folium.Map(tiles=None, control_scale=True, max_zoom=21, zoom_snap=0.25)
     # Instance attributes: folium's add_js_link would edit the class-wide CDN list in place.
     m.default_js, m.default_css = [("leaflet", js)], [("leaflet_css", css)]
-    names = ("satellite", "zoom path", "candidates", "predicted", "truth")
+    names = ("satellite", "zoom path", "candidates", "predicted", "truth") + (("fused track",) if tracks else ())
     layers = {name: folium.FeatureGroup(name=name).add_to(m) for name in names}
-    _add_imagery(layers["satellite"], pyramid, level, localizations)
-    for loc in localizations:
+    in_track = {photo for track in tracks for photo in track.photos}
+    listed = set(localizations)
+    drawn = [*localizations, *(photo for track in tracks for photo in track.photos if photo not in listed)]
+    _add_imagery(layers["satellite"], pyramid, level, drawn, _fused_cells(grid, tracks))
+    thumbnails = {}  # a photo's thumbnail, decoded and encoded once however many dots show it
+    for loc in drawn:
         _add_zoom_path(layers["zoom path"], grid, loc)
         _add_candidates(layers["candidates"], grid, loc, max_candidates)
-        _add_prediction_and_truth(layers["predicted"], layers["truth"], loc, (photos or {}).get(loc.image))
+        if loc in in_track:
+            _add_prediction_and_truth(layers["predicted"], layers["truth"], loc, None, in_track=True)
+        else:
+            thumbnail = _cached_thumbnail(thumbnails, loc.image, photos)
+            _add_prediction_and_truth(layers["predicted"], layers["truth"], loc, thumbnail)
+    for track in tracks:
+        _add_track(layers["fused track"], layers["truth"], track, [_cached_thumbnail(thumbnails, p.image, photos) for p in track.photos])
     folium.LayerControl(collapsed=False).add_to(m)
-    _add_legend(m, grid.levels)
+    _add_legend(m, grid.levels, tracks=bool(tracks))
     west, south, east, north = grid.region_polygon_lonlat().bounds
     m.fit_bounds([[south, west], [north, east]])
     return m
 
 
 def save_map(m: folium.Map, path: str | os.PathLike) -> None:
-    """Write the map's HTML to ``path`` atomically (a reader never sees half a page)."""
-    write_text(path, m.get_root().render())
+    """Write the map's HTML to ``path`` atomically (a reader never sees half a page); a path that cannot
+    be written is one line (:class:`~zoomloc.core.errors.ZoomlocError`)."""
+    write_output(path, m.get_root().render(), "map")
 
 
 def default_imagery_level(grid: ZoomGrid, px: int) -> int:
@@ -132,18 +153,26 @@ def warp_to_web_mercator(rgb: np.ndarray, bounds: Sequence[float], crs: CRS) -> 
     return out.transpose(1, 2, 0), ((lat_s, lon_w), (lat_n, lon_e))
 
 
-def _add_imagery(group: folium.FeatureGroup, pyramid: PyramidReader, level: int, localizations: Sequence[Localization]) -> None:
+def _add_imagery(
+    group: folium.FeatureGroup,
+    pyramid: PyramidReader,
+    level: int,
+    localizations: Sequence[Localization],
+    extra_cells: Iterable[tuple[int, int]] = (),
+) -> None:
     """The region's mosaic at ``level``, then the sharper views along the zoom paths, finest on top.
 
     The path views are those of the cells the model chose at deeper levels (the terminal one
-    with its context crop): zooming into the map shows detail where the model looked.
+    with its context crop), and the ``extra_cells`` (level, cell): zooming into the map shows
+    detail where the model looked.
     """
     grid, px = pyramid.grid, pyramid.px
     n = grid.cells_per_side(level)
     views = pyramid.views(level, np.arange(n * n)).reshape(n, n, px, px, 3)
     mosaic = views.transpose(0, 2, 1, 3, 4).reshape(n * px, n * px, 3)  # rows of cells → rows of pixels
     _add_overlay(group, mosaic, grid.bounds, grid.crs)
-    cells = {(step.level, step.cell) for loc in localizations for step in loc.path if step.level > level}
+    cells = {(step.level, step.cell) for loc in localizations for step in loc.path} | set(extra_cells)
+    cells = {(lv, cell) for lv, cell in cells if lv > level}
     details = [_cell_image(pyramid, lv, cell) for lv, cell in sorted(cells)]
     sharper = [(rgb, b) for rgb, b in details if b[2] - b[0] < grid.cell_size(level)]  # same px over less ground
     for rgb, bounds in sorted(sharper, key=lambda d: d[1][2] - d[1][0], reverse=True):
@@ -208,26 +237,95 @@ def _add_candidates(group: folium.FeatureGroup, grid: ZoomGrid, loc: Localizatio
 
 
 def _add_prediction_and_truth(
-    predicted: folium.FeatureGroup, truth: folium.FeatureGroup, loc: Localization, photo: Image.Image | None
+    predicted: folium.FeatureGroup, truth: folium.FeatureGroup, loc: Localization, thumbnail: str | None, *, in_track: bool = False
 ) -> None:
     """The predicted point, its warnings in its tooltip; the true one, when known and on the map, with a
     line labelled by the geodesic error (a line to a point hundreds of kilometres off the map would only
-    pull the eye off it)."""
+    pull the eye off it).
+
+    A photo of a track (``in_track``) is a smaller dot with its error in its tooltip, and its truth a
+    smaller dot with no line: its photo pops up from its fused point, and a track's true path and
+    fused path (:func:`_add_track`) show its errors better than dozens of labelled lines would."""
     about = f"{_percent(loc.probability)}, cell {loc.cell_size_m:.0f} m"
+    error_m = loc.error_m
+    if in_track and error_m is not None:
+        about += f", error {error_m:.0f} m"
     text = f"{loc.image} — predicted {loc.lat:.6f}, {loc.lon:.6f} ({about})" + "".join(f". Warning: {w}" for w in loc.warnings)
-    point = _point(loc.lat, loc.lon, _PREDICTED, text)
-    thumbnail = _thumbnail(loc.image if photo is None else photo)
+    point = _point(loc.lat, loc.lon, _PREDICTED, text, radius=4 if in_track else 7)
     if thumbnail is not None:  # click the prediction to see the photo
         _PhotoPopup(f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}').add_to(point)
     point.add_to(predicted)
-    error_m = loc.error_m
     if error_m is None or loc.inside_map is False:
+        return
+    if in_track:
+        text = f"{loc.image} — true position {loc.true_lat:.6f}, {loc.true_lon:.6f}"
+        _point(loc.true_lat, loc.true_lon, _TRUTH, text, radius=4).add_to(truth)
         return
     line = [[loc.lat, loc.lon], [loc.true_lat, loc.true_lon]]
     label = _tooltip(f"{error_m:.0f} m", permanent=True)
     folium.PolyLine(line, color=_ERROR_LINE, weight=3, dash_array="6 4", tooltip=label).add_to(truth)
     text = f"{loc.image} — true position {loc.true_lat:.6f}, {loc.true_lon:.6f}, error {error_m:.0f} m"
     _point(loc.true_lat, loc.true_lon, _TRUTH, text).add_to(truth)
+
+
+def _add_track(fused: folium.FeatureGroup, truth: folium.FeatureGroup, track: Track, thumbnails: Sequence[str | None]) -> None:
+    """A track's fused path and points (each point's popup: the photo), the thin lines from each photo's
+    own answer to its fused point (all in one polyline), and the true path when every photo's truth is
+    known and on the map."""
+    errors = track.errors_m()
+    n = len(track.points)
+    if n >= 2:
+        label = _tooltip(f"{track.capture} — fused track of {n} photos")
+        folium.PolyLine([[p.lat, p.lon] for p in track.points], color=_FUSED, weight=4, opacity=0.9, tooltip=label).add_to(fused)
+    pulls = [
+        [[photo.lat, photo.lon], [p.lat, p.lon]] for photo, p in zip(track.photos, track.points) if (photo.lat, photo.lon) != (p.lat, p.lon)
+    ]
+    if pulls:
+        folium.PolyLine(pulls, color=_PULL, weight=1, opacity=0.8, dash_array="2 3").add_to(fused)
+    for i, (photo, point, thumbnail) in enumerate(zip(track.photos, track.points, thumbnails)):
+        text = _fused_text(track, i, photo, point, None if errors is None else float(errors[i]))
+        marker = _point(point.lat, point.lon, _FUSED, text)
+        if thumbnail is not None:
+            _PhotoPopup(f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}').add_to(marker)
+        marker.add_to(fused)
+    if n >= 2 and all(p.true_lat is not None and p.true_lon is not None and p.inside_map is not False for p in track.photos):
+        path = [[p.true_lat, p.true_lon] for p in track.photos]
+        folium.PolyLine(path, color=_TRUTH, weight=2, opacity=0.9, tooltip=_tooltip(f"{track.capture} — true path")).add_to(truth)
+
+
+def _fused_text(track: Track, i: int, photo: Localization, point: TrackPoint, error_m: float | None) -> str:
+    """What a fused point says: which photo, when, where the capture puts it and how sure, and both errors."""
+    where = f"{point.lat:.6f}, {point.lon:.6f}"
+    sure = f"{_percent(point.probability)} given the capture"
+    if point.candidate is None:
+        sure += "; every candidate of the photo judged wrong, placed between its neighbours"
+    elif point.candidate > 0:
+        sure += f"; the photo's candidate {point.candidate + 1}"
+    text = f"{photo.image} — {track.capture}, photo {i + 1}/{len(track.points)} at {point.time_s:.1f} s: fused {where} ({sure})"
+    own = photo.error_m
+    if error_m is not None and own is not None:
+        text += f", error {error_m:.0f} m (the photo alone: {own:.0f} m)"
+    return text
+
+
+def _fused_cells(grid: ZoomGrid, tracks: Sequence[Track]) -> set[tuple[int, int]]:
+    """(level, cell) of every cell on the paths of the candidates the tracks pass through (outliers have none)."""
+    cells = set()
+    for track in tracks:
+        for photo, point in zip(track.photos, track.points):
+            if point.candidate is None or not 0 <= point.candidate < len(photo.candidates):
+                continue
+            path = np.asarray(photo.candidates[point.candidate].path)
+            cells |= {(lv, int(grid.cell_of_path(path[:lv]))) for lv in range(1, len(path) + 1)}
+    return cells
+
+
+def _cached_thumbnail(thumbnails: dict[str, str | None], image: str, photos: Mapping[str, Image.Image] | None) -> str | None:
+    """The thumbnail of the photo named ``image`` (from ``photos``, else its file), made once per name."""
+    if image not in thumbnails:
+        photo = (photos or {}).get(image)
+        thumbnails[image] = _thumbnail(image if photo is None else photo)
+    return thumbnails[image]
 
 
 class _PhotoPopup(MacroElement):
@@ -258,17 +356,25 @@ def _thumbnail(image: str | Image.Image) -> str | None:
     return _data_url(buffer.getvalue(), "image/jpeg")
 
 
-def _add_legend(m: folium.Map, levels: int) -> None:
+def _add_legend(m: folium.Map, levels: int, *, tracks: bool = False) -> None:
     """What the colours mean, in the map's bottom-right corner, above the attribution (the scale holds
-    the bottom-left one, the layer switch the top-right one; Leaflet draws no legend of its own)."""
+    the bottom-left one, the layer switch the top-right one; Leaflet draws no legend of its own). With
+    ``tracks``, a photo's own answer is told apart from the fused track."""
     swatch = '<div><span style="display:inline-block;width:12px;height:12px;margin-right:6px;background:{};border:{}"></span>{}</div>'
     rows = [
         swatch.format("transparent", f"2px solid {colour}", f"zoom step {level}") for level, colour in enumerate(_level_colours(levels), 1)
     ]
     rows += [
         swatch.format(_CANDIDATE, f"1px solid {_CANDIDATE}", "candidate cells (fill: probability)"),
-        swatch.format(_PREDICTED, "2px solid white", "prediction (click: the photo)"),
-        swatch.format(_TRUTH, "2px solid white", "true position"),
+        swatch.format(_PREDICTED, "2px solid white", "per-photo answer" if tracks else "prediction (click: the photo)"),
+    ]
+    if tracks:
+        rows += [
+            swatch.format(_FUSED, "2px solid white", "fused track (click a point: the photo)"),
+            swatch.format("transparent", f"1px dashed {_PULL}", "per-photo answer → fused point"),
+        ]
+    rows += [
+        swatch.format(_TRUTH, "2px solid white", "true position" + (", true path" if tracks else "")),
         swatch.format(_ERROR_LINE, f"1px solid {_ERROR_LINE}", "error"),
     ]
     box = (
@@ -278,10 +384,10 @@ def _add_legend(m: folium.Map, levels: int) -> None:
     m.get_root().html.add_child(folium.Element(box))
 
 
-def _point(lat: float, lon: float, colour: str, text: str) -> folium.CircleMarker:
+def _point(lat: float, lon: float, colour: str, text: str, *, radius: float = 7) -> folium.CircleMarker:
     """A white-ringed dot: a circle marker needs no icon image, so nothing to fetch or inline."""
     return folium.CircleMarker(
-        [lat, lon], radius=7, color="white", weight=2, fill=True, fill_color=colour, fill_opacity=1, tooltip=_tooltip(text)
+        [lat, lon], radius=radius, color="white", weight=2, fill=True, fill_color=colour, fill_opacity=1, tooltip=_tooltip(text)
     )
 
 

@@ -4,8 +4,9 @@ The demo is the main job on data the project generates itself: a synthetic city 
 ``configs/cities/demo.yaml``, its tile pyramid, its photos split at random (the paper's
 protocol: new photos of a city the model learned), a zoom model and the retrieval baseline trained
 on the training photos for a few minutes (``configs/demo_model.yaml``, ``demo_retrieval.yaml``),
-both evaluated on the held-out test photos and printed beside the nearest training photo and a
-random cell, a few test photos localized and drawn on ``map.html``. Each stage is skipped when its
+both evaluated on the held-out test photos (one by one, and each capture's test photos fused as
+one track) and printed beside the nearest training photo and a random cell, a few test photos
+and the held-out capture with the most test photos localized and drawn on ``map.html``. Each stage is skipped when its
 output already exists (outputs are written atomically, so an existing file is complete), which
 makes a second ``make demo`` cheap; an interrupted training resumes.
 
@@ -19,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from data_prep.split import SplitConfig
 from zoomloc.core.config import load_yaml
 from zoomloc.data.photos import Photo
@@ -27,7 +30,7 @@ from zoomloc.evaluation.evaluate import evaluate_run
 from zoomloc.geo.pyramid import PyramidReader, PyramidSpec
 from zoomloc.inference.embedded import REPO, DemoPaths
 from zoomloc.inference.localize import Localizer
-from zoomloc.inference.report import describe
+from zoomloc.inference.report import describe, describe_track
 from zoomloc.inference.viz import localization_map, save_map
 from zoomloc.pipelines.stages import Stages
 
@@ -64,13 +67,19 @@ def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -
     stages.run(
         "evaluation",
         demo.metrics.is_file(),
-        lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, progress=progress),
+        lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, fuse="captures", progress=progress),
     )
     stages.run(
         "retrieval evaluation",
         demo.retrieval_metrics.is_file(),
         lambda: evaluate_run(
-            demo.city.root, demo.retrieval, split="test", out=demo.retrieval_metrics, with_references=False, progress=progress
+            demo.city.root,
+            demo.retrieval,
+            split="test",
+            out=demo.retrieval_metrics,
+            with_references=False,
+            fuse="captures",
+            progress=progress,
         ),
     )
     return [*stages.report, comparison(demo), _localize_held_out(demo, cfg)]
@@ -79,7 +88,12 @@ def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -
 def comparison(demo: DemoPaths) -> str:
     """The zoom model against the retrieval baseline and the two references, on the same test photos."""
     zoom, retrieval = (json.loads(path.read_text()) for path in (demo.metrics, demo.retrieval_metrics))
-    rows = {"zoom": zoom, "retrieval": retrieval, **{name.replace("_", " "): m for name, m in zoom["references"].items()}}
+    rows = {
+        "zoom": zoom,
+        "retrieval": retrieval,
+        **{f"{name} fused": m["fused"] for name, m in (("zoom", zoom), ("retrieval", retrieval)) if "fused" in m},
+        **{name.replace("_", " "): m for name, m in zoom["references"].items()},
+    }
     lines = [f"on the {zoom['n_queries']} held-out test photos, R@1 within 25 / 50 / 100 m and median error:"]
     for name, m in rows.items():
         r = m["recall_at_1"]
@@ -88,16 +102,36 @@ def comparison(demo: DemoPaths) -> str:
 
 
 def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
-    """Localize the first ``cfg.show`` test photos, print them and draw them on ``map.html``."""
+    """Localize the first ``cfg.show`` test photos one by one, and the test photos of the capture with the
+    most of them as one track; print both and draw them on ``map.html``."""
     with PyramidReader(demo.city.pyramid_path) as pyramid:  # opened once, as `zoomloc localize` does
         loc = Localizer.load(demo.model, pyramid, progress=False)
         samples = Samples.from_city(demo.city, "test", loc.model.grid)
         n = min(cfg.show, len(samples))
-        photos = [Photo.read(path) for path in samples.image_paths[:n]]  # decoded once, for the model and the map
-        truths = list(zip(samples.lon[:n], samples.lat[:n]))
-        results = loc.localize(photos, beam=cfg.beam, topk=cfg.beam, truths=truths)
-        save_map(localization_map(results, pyramid, photos={str(p.path): p.image for p in photos}), demo.map)
-    lines = [f"{n} held-out test photos (distance = to the photo's true position):"]
+        rows = _longest_capture(samples)
+        in_track = set(rows.tolist())
+        shown = [i for i in range(n) if i not in in_track]
+        photos = {i: Photo.read(samples.image_paths[i]) for i in (*shown, *rows)}  # decoded once, for the model and the map
+        truth = list(zip(samples.lon, samples.lat))
+        results = loc.localize([photos[i] for i in shown], beam=cfg.beam, topk=cfg.beam, truths=[truth[i] for i in shown])
+        track = loc.localize_track(
+            [photos[i] for i in rows],
+            samples.times_s[rows],
+            capture=f"of {len(rows)} test photos",
+            truths=[truth[i] for i in rows],
+        )
+        thumbnails = {str(p.path): p.image for p in photos.values()}
+        save_map(localization_map([*results, *track.photos], pyramid, photos=thumbnails, tracks=[track]), demo.map)
+    lines = [f"{len(shown)} held-out test photos (distance = to the photo's true position):"]
     lines += [describe(r, truth="the true position") for r in results]
+    lines.append("the held-out capture with the most test photos, localized as one track (its times only, no GPS):")
+    lines.append(describe_track(track, truth="the true position"))
     lines.append(f"map: {demo.map}")
     return "\n".join(lines)
+
+
+def _longest_capture(samples: Samples) -> np.ndarray:
+    """The rows of the capture with the most photos of ``samples``, in the order of their times."""
+    codes, counts = np.unique(samples.captures, return_counts=True)
+    rows = np.flatnonzero(samples.captures == codes[np.argmax(counts)])
+    return rows[np.argsort(samples.times_s[rows], kind="stable")]
