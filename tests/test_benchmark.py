@@ -73,18 +73,35 @@ def test_each_protocol_splits_its_own_city_folder_sharing_the_caches(bench):
     assert len(list((bench / "city" / "embeddings").glob("street_*.h5"))) == 1
 
 
+def _table(report: str, header: str) -> dict[str, list[str]]:
+    """The rows of the report's table whose header starts with ``header``: its cells after the first, by the first."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        rows[cells[0].strip("*")] = cells[1:]
+    return rows
+
+
 def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
     results = json.loads((bench / "results.json").read_text())
     report = (bench / "report.md").read_text()
     assert report.index("| **sequence** |") < report.index("| photo |") < report.index("| area |")  # the headline first, in bold
-    rows = {
-        line.split("|")[1].strip(" *"): [c.strip() for c in line.split("|")[2:-1]] for line in report.splitlines() if line.startswith("| ")
-    }
+    overview, fused = (_table(report, header) for header in ("| protocol | its test photos |", "| protocol | zoom per photo |"))
     for protocol, r in results["protocols"].items():
         z, ret = r["zoom"]["recall_at_1"], r["retrieval"]["recall_at_1"]
-        assert rows[protocol][2] == f"{z['50']:.1f} / {z['100']:.1f}"
-        assert rows[protocol][-1] == f"{z['50'] - ret['50']:+.1f} / {z['100'] - ret['100']:+.1f}"
-    assert rows["paper, DC (photo protocol)"][2:4] == ["66.3 / 80.9", "60.8 / 71.3 (Sample4Geo)"]
+        assert overview[protocol][2] == f"{z['50']:.1f} / {z['100']:.1f}"
+        assert overview[protocol][-1] == f"{z['50'] - ret['50']:+.1f} / {z['100'] - ret['100']:+.1f}"
+        # Then each capture's test photos fused, beside each model's per-photo figure.
+        zf, rf = r["zoom"]["fused"]["recall_at_1"], r["retrieval"]["fused"]["recall_at_1"]
+        assert fused[protocol] == [f"{z['50']:.1f} / {z['100']:.1f}", f"{zf['50']:.1f} / {zf['100']:.1f}",
+                                   f"{ret['50']:.1f} / {ret['100']:.1f}", f"{rf['50']:.1f} / {rf['100']:.1f}",
+                                   f"{zf['50'] - rf['50']:+.1f} / {zf['100'] - rf['100']:+.1f}"]  # fmt: skip
+        assert 0 < r["zoom"]["fused"]["fusion_ms_per_photo"] < r["zoom"]["fused"]["search_ms_per_photo"] + r["zoom"]["latency_ms"]["p50"]
+    assert overview["paper, DC (photo protocol)"][2:4] == ["66.3 / 80.9", "60.8 / 71.3 (Sample4Geo)"]
 
     sections = report.split("\n## ")
     for protocol in PROTOCOLS:
@@ -98,9 +115,13 @@ def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
         assert lo <= r["zoom"]["recall_at_1"]["50"] <= hi and fifty[0] == f"{r['zoom']['recall_at_1']['50']:.1f} ({lo:.1f}–{hi:.1f})"
         assert (fifty[-1] == "+5.5") == (protocol == "photo")  # the paper's margin next to the protocol it measured
         assert len(table["test photos whose cell holds training photos (%)"]) == 2
+        fused = table["R@1 within 50 m, fused over captures (%)"]
+        assert fused[0].startswith(f"{r['zoom']['fused']['recall_at_1']['50']:.1f} (")
+        assert fused[1].startswith(f"{r['retrieval']['fused']['recall_at_1']['50']:.1f} (")
         targets = [line for line in section.splitlines() if line.startswith("- ")]
-        assert len(targets) == {"sequence": 4, "photo": 4, "area": 2}[protocol]
-        assert all(line.startswith(("- met: ", "- **not met**, short by ")) for line in targets)
+        # The protocol's own targets, then the fusion's (its gain, its margin, its time).
+        assert len(targets) == {"sequence": 4 + 2, "photo": 4 + 3, "area": 2 + 1}[protocol]
+        assert all(line.startswith(("- met: ", "- **not met**, short by ", "- **not met**, over by ")) for line in targets)
     for label in ("median error", "latency", "peak memory", "index build", "training time", "## Time and machine"):
         assert label in report
 

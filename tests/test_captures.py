@@ -121,7 +121,8 @@ def test_a_folder_expands_to_its_photos_sorted_by_name(tmp_path):
     assert expand_photos([single, folder]) == [single] + [folder / n for n in ("a.JPG", "b.jpg", "c.png", "d.jpeg")]
     (tmp_path / "empty").mkdir()
     assert refused(expand_photos, [tmp_path / "empty"]) == f"{tmp_path / 'empty'}: no photos (*.jpg, *.jpeg, *.png) in this folder"
-    assert refused(expand_photos, [single, tmp_path / "nope"]) == f"{tmp_path / 'nope'}: no such file or folder"
+    # A path that is neither stays as given: reading it says "no such photo", and a batch skips it.
+    assert expand_photos([single, tmp_path / "nope"]) == [single, tmp_path / "nope"]
 
 
 # ----------------------------------------------------------------------------- records files
@@ -261,17 +262,20 @@ def test_real_exif_times_order_a_walk(realdata):
     assert 60 < capture.times_s[-1] < 3 * 3600  # a walk, not a burst or a holiday
 
 
-def test_real_walk_without_exif_times(realdata, tmp_path):
-    """lund/: 29 photos of one walk from the Mapillary app, which wrote no EXIF time (its time and sequence are in a
-    JSON ImageDescription). Alone they are an untimed capture; with that JSON as records, a capture ordered by time."""
+def test_real_walk_timed_by_the_mapillary_app(realdata, tmp_path):
+    """lund/: 29 photos of one walk from the Mapillary app, which wrote no EXIF date: its time (UTC) and sequence
+    are in a JSON ImageDescription, read as the photo's own. Shuffled, they come back as one capture in time order;
+    a records file with the same times and sequence gives the same capture."""
     paths = expand_photos([realdata / "streetview" / "lund"])
     assert len(paths) == 29
-    photos = [Photo.read(p) for p in paths]
+    copies = tmp_path / "photos"
+    copies.mkdir()
+    shuffled = [Path(shutil.copy(p, copies)) for p in random.Random(1).sample(paths, len(paths))]
+    photos = [Photo.read(p) for p in shuffled]
     times, sequences = photo_times(photos, None)
-    assert times == [None] * 29 and sequences == [None] * 29
-    assert "--interval" in refused(group_captures, [p.path.name for p in photos], times, sequences)
-    (spaced,) = group_captures([p.path.name for p in photos], times, sequences, interval_s=7.0)
-    assert spaced.indices == tuple(range(29)) and spaced.times_s[-1] == 28 * 7.0
+    assert None not in times and len(set(sequences)) == 1 and sequences[0]
+    (from_exif,) = group_captures([p.path.name for p in photos], times, sequences)
+    assert [photos[i].path.name for i in from_exif.indices] == [p.name for p in paths]  # the files are named in time order
 
     rows = []
     for path in paths:
@@ -281,13 +285,10 @@ def test_real_walk_without_exif_times(realdata, tmp_path):
         rows.append({"image_id": path.stem, "captured_at": when.isoformat(), "sequence_id": app["MAPSequenceUUID"]})
     records = tmp_path / "lund.csv"
     pd.DataFrame(rows).sample(frac=1, random_state=0).to_csv(records, index=False)
-    copies = tmp_path / "photos"
-    copies.mkdir()
-    shuffled = [Path(shutil.copy(p, copies)) for p in random.Random(1).sample(paths, len(paths))]
-    photos = [Photo.read(p) for p in shuffled]
     (capture,) = group_captures([p.path.name for p in photos], *photo_times(photos, read_records(records), records))
     assert capture.name == rows[0]["sequence_id"]
     assert [photos[i].path.name for i in capture.indices] == [p.name for p in paths]  # the files are named in time order
     steps = np.diff(capture.times_s)
     assert np.all(steps > 0) and steps.max() < 30  # a photo every few seconds
     assert 60 < capture.times_s[-1] < 600  # 29 photos in a few minutes' walk
+    assert capture.indices == from_exif.indices and np.allclose(capture.times_s, from_exif.times_s)

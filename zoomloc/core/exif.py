@@ -12,13 +12,14 @@ a time that is written but cannot be read is an error too, never taken for a mis
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from PIL import Image
 from PIL.ExifTags import GPS, IFD, Base
@@ -57,6 +58,7 @@ class PhotoExif:
     gps: GpsFix | None
     captured_at: datetime | None
     time_problem: str | None
+    sequence_id: str | None = None  # the capture, where the camera app writes it (Mapillary's MAPSequenceUUID)
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,12 @@ def read_photo_exif(image: Image.Image) -> PhotoExif:
         gps = _gps_fix(tags)
     except (NoGpsError, CorruptExifError):
         gps = None
+    sequence = _mapillary(tags).get("MAPSequenceUUID")
+    sequence = str(sequence).strip() or None if sequence is not None else None
     try:
-        return PhotoExif(gps, _capture_time(tags), None)
+        return PhotoExif(gps, _capture_time(tags), None, sequence)
     except CorruptExifError as exc:
-        return PhotoExif(gps, None, str(exc))
+        return PhotoExif(gps, None, str(exc), sequence)
 
 
 def read_gps(image: Image.Image) -> GpsFix:
@@ -137,7 +141,7 @@ _OFFSET = re.compile(r"([+-])(\d\d):(\d\d)")  # an EXIF UTC offset, "+02:00"
 def _capture_time(tags: _Tags) -> datetime | None:
     """``DateTimeOriginal`` (the shutter), else ``DateTime`` (last written, often the same), with
     the fraction of a second and the UTC offset EXIF 2.31 writes beside each: aware with an
-    offset, naive without.
+    offset, naive without; else the Mapillary app's ``MAPCaptureTime`` (UTC, :func:`_mapillary`).
 
     Cameras without a set clock write blanks or zeros for "unknown", which is no time. Any other
     value that is not a time raises: read as missing, it would let a photo be placed by guess.
@@ -167,9 +171,30 @@ def _capture_time(tags: _Tags) -> datetime | None:
             sign = -1 if match[1] == "-" else 1
             when = when.replace(tzinfo=timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3]))))
         return when
+    app_time = _mapillary(tags).get("MAPCaptureTime")
+    if app_time is not None:
+        try:
+            return datetime.strptime(str(app_time).strip(), "%Y_%m_%d_%H_%M_%S_%f").replace(tzinfo=UTC)
+        except ValueError:
+            raise CorruptExifError(f"MAPCaptureTime {app_time!r} is not a YYYY_MM_DD_HH_MM_SS_mmm time") from None
     if tags.damage:
         raise CorruptExifError(f"EXIF is damaged ({tags.damage})")  # the time may be what was lost
     return None
+
+
+def _mapillary(tags: _Tags) -> dict:
+    """The JSON the Mapillary app writes as ImageDescription (capture time in UTC, sequence, compass), or {}.
+
+    Its photos carry no EXIF date at all (OpenSfM's lund set): the app's own record is their only time.
+    """
+    text = _text(tags.base.get(Base.ImageDescription)).strip()
+    if not text.startswith("{") or "MAP" not in text:
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _signed_degrees(value, ref, letters: str, limit: float) -> float:

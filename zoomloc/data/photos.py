@@ -111,13 +111,14 @@ class Photo:
     gps: tuple[float, float] | None  # (lon, lat)
     captured_at: datetime | None = None  # EXIF DateTimeOriginal; aware when EXIF gives its UTC offset
     time_problem: str | None = None
+    sequence_id: str | None = None  # the capture, where the camera app wrote it (Mapillary's app does)
 
     @classmethod
     def read(cls, path: str | Path) -> Photo:
         with _opened(path) as img:
             exif = read_photo_exif(img)
             gps = None if exif.gps is None else (exif.gps.lon, exif.gps.lat)
-            return cls(Path(path), _upright(img), gps, exif.captured_at, exif.time_problem)
+            return cls(Path(path), _upright(img), gps, exif.captured_at, exif.time_problem, exif.sequence_id)
 
 
 def quiet_on_sigterm(worker_id: int) -> None:

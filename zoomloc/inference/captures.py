@@ -41,7 +41,8 @@ def expand_photos(paths: Sequence[Path]) -> list[Path]:
     """The photos named on the command line: a file as given, a folder as its photos sorted by name.
 
     A folder is read flat (its subfolders may be other captures) and without hidden files (a
-    copy from a Mac carries ``._name.jpg`` resource forks that are no images).
+    copy from a Mac carries ``._name.jpg`` resource forks that are no images); a folder without
+    photos is an error, since nothing in it would be localized.
     """
     photos: list[Path] = []
     for path in map(Path, paths):
@@ -53,10 +54,8 @@ def expand_photos(paths: Sequence[Path]) -> list[Path]:
             if not found:
                 raise InputError(f"no photos ({', '.join('*' + s for s in PHOTO_SUFFIXES)}) in this folder", path)
             photos.extend(found)
-        elif path.exists():
+        else:  # a file, or a path that is neither: reading it says why not, and a batch skips it (zoomloc localize)
             photos.append(path)
-        else:
-            raise InputError("no such file or folder", path)
     return photos
 
 
@@ -140,9 +139,10 @@ def photo_times(
 
     With ``records`` (from :func:`read_records`, read from ``records_path``), both come from the
     row whose ``image_id`` is the photo's file stem, and EXIF is not read: the records are what
-    the user chose to trust. Without, the time is the photo's EXIF time and no photo has a
-    sequence_id. A photo missing from the records, or whose EXIF time is written but unreadable,
-    is refused: either would leave it to be placed by a guess.
+    the user chose to trust. Without, both come from EXIF: the time, and the sequence where the
+    camera app wrote one (Mapillary's; else every photo is of one capture). A photo missing from
+    the records, or whose EXIF time is written but unreadable, is refused: either would leave it
+    to be placed by a guess.
     """
     if records is None:
         times: list[float | None] = []
@@ -150,7 +150,7 @@ def photo_times(
             if photo.time_problem:
                 raise InputError(f"its capture time cannot be read: {photo.time_problem}", photo.path)
             times.append(capture_seconds(photo.captured_at, str(photo.path)))
-        return times, [None] * len(photos)
+        return times, [photo.sequence_id for photo in photos]
     rows = dict(zip(records["image_id"], zip(records["captured_at_s"], records["sequence_id"])))
     times, sequences = [], []
     for photo in photos:
