@@ -90,16 +90,25 @@ def predicted_positions(grid: ZoomGrid, results: list[BeamResult]) -> tuple[np.n
 class Localizer:
     """A trained model (any kind) bound to a city's pyramid through its view embeddings."""
 
-    def __init__(self, model: LocalizationModel, sat: SatEmbeddings, device: torch.device | str = "cpu", guess_factor: float | None = None):
+    def __init__(
+        self,
+        model: LocalizationModel,
+        sat: SatEmbeddings,
+        device: torch.device | str = "cpu",
+        guess_factor: float | None = None,
+        temperature: float = 1.0,
+    ):
         """``sat`` needs the tables the model reads; its index (:meth:`LocalizationModel.index`)
-        keeps what it searches. A ``guess_factor`` (:mod:`zoomloc.inference.confidence`, calibrated
-        when the model was selected) makes answers no surer than a guess carry a warning."""
+        keeps what it searches. A ``guess_factor`` and a ``temperature`` (:mod:`zoomloc.inference.confidence`,
+        calibrated when the model was selected) make answers no surer than a guess carry a warning
+        and the candidates' probabilities mean what they say."""
         self.model = model.to(device).eval()
         self.guess_factor = guess_factor if model.first_step_calibrated else None
         self.device = torch.device(device)
         self.transforms = model.encoders.transforms()
         start = time.perf_counter()
         self.index = model.index(sat.to(device))
+        self.index.temperature = temperature
         # Embedding every view (whenever the cache was made) plus building the index.
         self.index_build_s = sat.build_s + time.perf_counter() - start
 
@@ -119,7 +128,8 @@ class Localizer:
         with PyramidReader(pyramid) if not isinstance(pyramid, PyramidReader) else nullcontext(pyramid) as pyr:
             pyr.check_grid(model.grid)
             sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.sat_prefixes, progress=progress)
-        return cls(model, sat, device, guess_factor=info.get("val", {}).get("guess_factor"))
+        val = info.get("val", {})
+        return cls(model, sat, device, guess_factor=val.get("guess_factor"), temperature=val.get("temperature", 1.0))
 
     @torch.no_grad()
     def embed_photos(self, images: Sequence[Query]) -> Tensor:

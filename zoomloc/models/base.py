@@ -35,7 +35,15 @@ class LossSettings:
 
 
 class MapIndex(ABC):
-    """A model bound to one pyramid's view embeddings: what a query searches."""
+    """A model bound to one pyramid's view embeddings: what a query searches.
+
+    ``temperature`` divides the model's logits in every search: 1 as trained, or the one fitted on
+    validation photos (:func:`~zoomloc.inference.confidence.fit_temperature` on
+    :meth:`calibration_logits`), so that a candidate's probability means what it says — what a
+    capture's fusion weighs one photo's candidates by.
+    """
+
+    temperature: float = 1.0
 
     @abstractmethod
     def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
@@ -46,6 +54,12 @@ class MapIndex(ABC):
     @abstractmethod
     def embedding_bytes(self) -> int:
         """The memory its map embeddings take: what a city's size costs a query process."""
+
+    @abstractmethod
+    def calibration_logits(self, street: Tensor, truth: np.ndarray) -> tuple[Tensor, Tensor]:
+        """The logits ``[Q, S, C]`` (at temperature 1) of the S decisions that put each street embedding
+        ``[Q, D]`` in its true terminal cell (``truth``: paths ``[Q, L]``), and the right choice of each
+        ``[Q, S]``: what a temperature is fitted on."""
 
     def diagnostics(self, street: Tensor, truth: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
         """Kind-specific figures of an evaluation, from street embeddings ``[Q, D]``, true paths and

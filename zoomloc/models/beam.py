@@ -40,8 +40,11 @@ class BeamResult:
 
 
 @torch.no_grad()
-def beam_search(policy: ZoomPolicy, street_emb: Tensor, sat_embed_fn: SatEmbedFn, beam: int, topk: int = 1) -> list[BeamResult]:
-    """The ``topk`` best of ``beam`` paths through all levels for each street embedding ``[Q, D]``.
+def beam_search(
+    policy: ZoomPolicy, street_emb: Tensor, sat_embed_fn: SatEmbedFn, beam: int, topk: int = 1, temperature: float = 1.0
+) -> list[BeamResult]:
+    """The ``topk`` best of ``beam`` paths through all levels for each street embedding ``[Q, D]``, each
+    step's logits divided by ``temperature`` (greedy decoding is the same at any).
 
     Put the policy in eval mode first: dropout would make the scores random.
     """
@@ -54,7 +57,7 @@ def beam_search(policy: ZoomPolicy, street_emb: Tensor, sat_embed_fn: SatEmbedFn
     scores = torch.zeros(q, 1, device=device)  # [Q, b] total log-prob of live paths
     step_logp = torch.zeros(q, 1, 0, device=device)  # [Q, b, l]
     for level in range(levels):
-        logp = policy.logits(hidden).log_softmax(-1).view(q, -1, n_actions)  # [Q, b, k²]
+        logp = (policy.logits(hidden) / temperature).log_softmax(-1).view(q, -1, n_actions)  # [Q, b, k²]
         candidates = (scores[:, :, None] + logp).flatten(1)  # [Q, b*k²]
         scores, flat = candidates.topk(min(beam, candidates.shape[1]), dim=1)  # sorted, best first
         parent, action = flat // n_actions, flat % n_actions  # [Q, b'] each

@@ -194,11 +194,17 @@ class RetrievalIndex(MapIndex):
         topk = min(topk, len(self))
         out: list[BeamResult] = []
         for chunk in street.split(max(1, SEARCH_CHUNK // len(self))):
-            logp = (self.logit_scale * chunk.float() @ self.embeddings.T).log_softmax(1)  # [q, N]
+            logp = (self.logit_scale / self.temperature * chunk.float() @ self.embeddings.T).log_softmax(1)  # [q, N]
             top_logp, cells = logp.topk(topk, dim=1)
             step_probs = self._step_probs(logp, cells)
             out += [BeamResult(self.paths[c], lp, sp) for c, lp, sp in zip(cells, top_logp, step_probs)]
         return out
+
+    @torch.no_grad()
+    def calibration_logits(self, street: Tensor, truth: np.ndarray) -> tuple[Tensor, Tensor]:
+        """The scaled similarities to every cell ``[Q, 1, N]`` (one decision: the cell) and the true cell."""
+        cells = torch.as_tensor(self.grid.cell_of_path(truth), device=street.device)
+        return (self.logit_scale * street.float() @ self.embeddings.T)[:, None, :], cells[:, None]
 
     def _step_probs(self, logp: Tensor, cells: Tensor) -> Tensor:
         """``[q, topk, L]``: P(level-l cell of each candidate | its level-(l-1) cell).

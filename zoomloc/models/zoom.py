@@ -103,7 +103,7 @@ class ZoomIndex(MapIndex):
         return [
             r
             for chunk in street.split(DECODE_CHUNK)
-            for r in beam_search(self.policy, chunk, self.sat.of_paths, beam=max(beam, topk), topk=topk)
+            for r in beam_search(self.policy, chunk, self.sat.of_paths, beam=max(beam, topk), topk=topk, temperature=self.temperature)
         ]
 
     @property
@@ -119,6 +119,16 @@ class ZoomIndex(MapIndex):
         }
 
     @torch.no_grad()
+    def calibration_logits(self, street: Tensor, truth: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Every zoom step's logits from the true parent ``[Q, L, k²]`` (teacher forced) and the true actions."""
+        paths = torch.as_tensor(truth, device=street.device)
+        levels = range(self.sat.grid.levels)
+        logits = torch.cat(
+            [self.policy(s, self.sat.of_prefixes(p, levels), p) for s, p in zip(street.split(DECODE_CHUNK), paths.split(DECODE_CHUNK))]
+        )
+        return logits.float(), paths
+
+    @torch.no_grad()
     def teacher_forced(self, street: Tensor, truth: np.ndarray) -> dict[str, list[float]]:
         """Each zoom step judged on its own: the policy given the true cells so far.
 
@@ -129,11 +139,7 @@ class ZoomIndex(MapIndex):
         that means the policy steers away from the truth, as it does from cells that held no
         training photo).
         """
-        paths = torch.as_tensor(truth, device=street.device)
-        levels = range(self.sat.grid.levels)
-        logits = torch.cat(
-            [self.policy(s, self.sat.of_prefixes(p, levels), p) for s, p in zip(street.split(DECODE_CHUNK), paths.split(DECODE_CHUNK))]
-        )
+        logits, paths = self.calibration_logits(street, truth)
         true = logits.gather(-1, paths[..., None])
         rank = (logits > true).sum(-1).float()
         return {

@@ -50,7 +50,7 @@ from zoomloc.data.street_cache import CacheViews, StreetCache, street_cache, var
 from zoomloc.evaluation.evaluate import accuracy, street_embeddings
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
-from zoomloc.inference.confidence import calibrate_guess_factor
+from zoomloc.inference.confidence import calibrate_guess_factor, fit_temperature
 from zoomloc.inference.localize import Localizer
 from zoomloc.models.base import Batch, LossSettings
 from zoomloc.models.checkpoint import BEST, LAST, RUN_CONFIG, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
@@ -372,11 +372,16 @@ class _Trainer:
 
     # ------------------------------------------------------------------ validation and checkpoints
     def evaluate(self, samples: Samples) -> dict[str, Any]:
-        """Free-running localization of ``samples`` (greedy decoding, or the search's top cell): recall and errors."""
+        """Free-running localization of ``samples`` (greedy decoding, or the search's top cell): recall and errors,
+        and the temperature and guess factor fitted on them."""
         sat = self.sat_cache if self.sat_cache is not None else self._sat_embeddings()
         loc = Localizer(self.model, sat, self.run.device)
         street = street_embeddings(loc, samples, workers=self.tc.workers, cache=self.street_cache)
+        # Stored with a selected checkpoint: what every search divides the logits by (it changes no greedy answer).
+        temperature = fit_temperature(*loc.index.calibration_logits(street, samples.paths))
+        loc.index.temperature = temperature
         results, metrics = accuracy(loc, street, samples, beam=1)
+        metrics["temperature"] = temperature
         if self.model.first_step_calibrated:  # stored with a selected checkpoint: when localize warns of a guess
             first = [r.path[0] for r in results]
             right = np.array([r.actions[0] for r in results]) == samples.paths[:, 0]
