@@ -43,9 +43,7 @@ def pick_capture(city: CityDir, samples: Samples, sequence_id: str | None) -> tu
     ids = list(samples.image_ids)
     names = meta.loc[ids, "sequence_id"].astype("string").fillna("") if "sequence_id" in meta.columns else None
     if sequence_id is None:
-        codes, first, counts = np.unique(samples.captures, return_index=True, return_counts=True)
-        best = codes[np.lexsort((first, -counts))[0]]  # most photos, then first seen
-        rows = np.flatnonzero(samples.captures == best)
+        rows = samples.longest_capture()
     else:
         if names is None:
             sys.exit(f"{city.metadata_csv}: no sequence_id column, so no capture {sequence_id!r}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from zoomloc.cli.main import main
-from zoomloc.inference.confidence import FACTORS, calibrate_guess_factor, guess_warning
+from zoomloc.inference.confidence import FACTORS, calibrate_guess_factor, fit_temperature, guess_warning
 from zoomloc.inference.localize import Localizer
 from zoomloc.models.checkpoint import read_info
 
@@ -50,3 +51,29 @@ def test_a_trained_model_stores_its_factor_and_localize_warns_below_it(trained_r
     record = json.loads(capsys.readouterr().out)
     top = record["path"][0]["probability"]
     assert any("no surer than a guess" in w for w in record["warnings"]) == (top < factor / K2)
+
+
+def test_the_temperature_fitted_is_the_one_the_answers_were_drawn_at():
+    """Targets drawn from softmax(logits / 2.5) over 3 decisions of 16: the likelihood peaks at 2.5."""
+    rng = np.random.default_rng(1)
+    logits = torch.from_numpy(rng.normal(0, 4, (3000, 3, 16)))
+    probs = (logits / 2.5).softmax(-1).numpy()
+    targets = torch.from_numpy((probs.cumsum(-1) > rng.random((3000, 3, 1))).argmax(-1))
+    assert abs(fit_temperature(logits, targets) - 2.5) < 0.2
+    assert abs(fit_temperature(logits * 4, targets) - 10) < 0.8  # over-confident logits are softened as much
+
+
+def test_a_trained_model_searches_at_its_fitted_temperature(trained_run, tiny_city):
+    """The temperature is fitted at checkpoint selection; a search divides its logits by it, which
+    changes the probabilities and not the greedy answer."""
+    temperature = read_info(trained_run)["val"]["temperature"]
+    loc = Localizer.load(trained_run, tiny_city / "pyramid.h5", progress=False)
+    assert loc.index.temperature == temperature != 1.0
+    photos = sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:8]
+    street = loc.embed_photos(photos)
+    fitted = loc.search(street, beam=1, topk=1)
+    loc.index.temperature = 1.0
+    plain = loc.search(street, beam=1, topk=1)
+    assert all(torch.equal(a.paths, b.paths) for a, b in zip(fitted, plain))
+    first = torch.stack([r.step_probs[0, 0] for r in fitted]), torch.stack([r.step_probs[0, 0] for r in plain])
+    assert ((first[0] < first[1]) == (temperature > 1)).all()  # a softer (or sharper) first step

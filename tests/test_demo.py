@@ -104,3 +104,5 @@ def test_notebook_runs_top_to_bottom(demo, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # photos vs cells, error CDF
     text = "".join(o.get("text", "") for o in outputs)
     assert "distance to the true position" in text and "median error" in text
+    assert re.search(r"\d+ photos: median error \d+ m one by one, \d+ m fused", text)  # the capture as one track
+    assert sum("fused track" in h for h in html) == 1

@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,17 +225,21 @@ def _chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/install_chromium.sh installs it)")
-def test_browser_shows_aligned_imagery_without_errors(rendered, tmp_path):
-    features = json.dumps([[lat, lon] for lon, lat in _feature_lonlat()])
-    text = rendered[0].read_text().replace("<head>", "<head>" + _INSTRUMENT, 1)
+def _browser_report(page_html: str, features: list[list[float]], tmp_path) -> tuple[dict, Path]:
+    """What the instrumented page reports after headless Chromium loaded it (errors, Leaflet, images,
+    ``features``' pixels), and the page."""
+    text = page_html.replace("<head>", "<head>" + _INSTRUMENT, 1)
     page = tmp_path / "page.html"
-    page.write_text(text.replace("</html>", f"<script>const FEATURES = {features};</script>{_REPORT}</html>"))
-
+    page.write_text(text.replace("</html>", f"<script>const FEATURES = {json.dumps(features)};</script>{_REPORT}</html>"))
     dom = _chromium(tmp_path, page.as_uri(), "--dump-dom")
     found = re.search(r'<pre id="report"[^>]*>(.*?)</pre>', dom.stdout, re.S)
     assert found, f"the page wrote no report; chromium said:\n{dom.stderr[-2000:]}"
-    report = json.loads(html.unescape(found.group(1)))
+    return json.loads(html.unescape(found.group(1))), page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/install_chromium.sh installs it)")
+def test_browser_shows_aligned_imagery_without_errors(rendered, tmp_path):
+    report, page = _browser_report(rendered[0].read_text(), [[lat, lon] for lon, lat in _feature_lonlat()], tmp_path)
     assert report["errors"] == []
     assert report["leaflet"] == "object"
     assert report["images"] == [True, True, True]
@@ -354,12 +359,6 @@ def test_a_map_that_cannot_be_written_is_one_line(pyramid_path, tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/install_chromium.sh installs it)")
 def test_browser_shows_a_track_without_errors(track_rendered, tmp_path):
     page_html, track = track_rendered
-    text = page_html.replace("<head>", "<head>" + _INSTRUMENT, 1)
-    page = tmp_path / "track.html"
-    page.write_text(text.replace("</html>", f"<script>const FEATURES = [];</script>{_REPORT}</html>"))
-    dom = _chromium(tmp_path, page.as_uri(), "--dump-dom")
-    found = re.search(r'<pre id="report"[^>]*>(.*?)</pre>', dom.stdout, re.S)
-    assert found, f"the page wrote no report; chromium said:\n{dom.stderr[-2000:]}"
-    report = json.loads(html.unescape(found.group(1)))
+    report, _ = _browser_report(page_html, [], tmp_path)
     assert report["errors"] == [] and report["leaflet"] == "object"
     assert report["images"] and all(report["images"])

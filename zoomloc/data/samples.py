@@ -64,6 +64,13 @@ class Samples:
             times_s=_times(meta, city.metadata_csv),
         )
 
+    def longest_capture(self) -> np.ndarray:
+        """The rows of the capture with the most photos (the first such), in the order of their times:
+        the capture a demo localizes as one track."""
+        codes, first, counts = np.unique(self.captures, return_index=True, return_counts=True)
+        rows = np.flatnonzero(self.captures == codes[np.lexsort((first, -counts))[0]])
+        return rows[np.argsort(self.times_s[rows], kind="stable")]
+
     def subset(self, n: int, seed: int = 0) -> Samples:
         """At most ``n`` samples drawn without replacement (a fixed validation subset)."""
         if n >= len(self):

@@ -20,8 +20,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from data_prep.split import SplitConfig
 from zoomloc.core.config import load_yaml
 from zoomloc.data.photos import Photo
@@ -108,7 +106,7 @@ def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
         loc = Localizer.load(demo.model, pyramid, progress=False)
         samples = Samples.from_city(demo.city, "test", loc.model.grid)
         n = min(cfg.show, len(samples))
-        rows = _longest_capture(samples)
+        rows = samples.longest_capture()
         in_track = set(rows.tolist())
         shown = [i for i in range(n) if i not in in_track]
         photos = {i: Photo.read(samples.image_paths[i]) for i in (*shown, *rows)}  # decoded once, for the model and the map
@@ -128,10 +126,3 @@ def _localize_held_out(demo: DemoPaths, cfg: DemoConfig) -> str:
     lines.append(describe_track(track, truth="the true position"))
     lines.append(f"map: {demo.map}")
     return "\n".join(lines)
-
-
-def _longest_capture(samples: Samples) -> np.ndarray:
-    """The rows of the capture with the most photos of ``samples``, in the order of their times."""
-    codes, counts = np.unique(samples.captures, return_counts=True)
-    rows = np.flatnonzero(samples.captures == codes[np.argmax(counts)])
-    return rows[np.argsort(samples.times_s[rows], kind="stable")]
