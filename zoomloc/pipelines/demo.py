@@ -95,7 +95,7 @@ def comparison(demo: DemoPaths) -> str:
     lines = [f"on the {zoom['n_queries']} held-out test photos, R@1 within 25 / 50 / 100 m and median error:"]
     for name, m in rows.items():
         r = m["recall_at_1"]
-        lines.append(f"  {name:<14} {r['25']:5.1f} / {r['50']:5.1f} / {r['100']:5.1f} %   {m['median_error_m']:7.1f} m")
+        lines.append(f"  {name:<15} {r['25']:5.1f} / {r['50']:5.1f} / {r['100']:5.1f} %   {m['median_error_m']:7.1f} m")
     return "\n".join(lines)
 
 
