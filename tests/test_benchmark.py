@@ -119,8 +119,12 @@ def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
         assert fused[0].startswith(f"{r['zoom']['fused']['recall_at_1']['50']:.1f} (")
         assert fused[1].startswith(f"{r['retrieval']['fused']['recall_at_1']['50']:.1f} (")
         targets = [line for line in section.splitlines() if line.startswith("- ")]
-        # The protocol's own targets, then the fusion's (its gain, its margin, its time).
-        assert len(targets) == {"sequence": 4 + 2, "photo": 4 + 3, "area": 2 + 1}[protocol]
+        # The protocol's own targets, then the fusion's (its gain, its margin, its time), then the map ablation's.
+        assert len(targets) == {"sequence": 4 + 2 + 1, "photo": 4 + 3, "area": 2 + 1 + 1}[protocol]  # and the map ablation's
+        shuffled = table["R@1 within 50 / 100 m, views shuffled among the cells (%)"]
+        assert (
+            shuffled[0] == f"{r['zoom']['map_ablation']['recall_at_1']['50']:.1f} / {r['zoom']['map_ablation']['recall_at_1']['100']:.1f}"
+        )
         assert all(line.startswith(("- met: ", "- **not met**, short by ", "- **not met**, over by ")) for line in targets)
     for label in ("median error", "latency", "peak memory", "index build", "training time", "## Time and machine"):
         assert label in report

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from zoomloc.cli.main import main
 from zoomloc.data.samples import Samples
@@ -14,6 +15,7 @@ from zoomloc.evaluation.evaluate import accuracy, street_embeddings
 from zoomloc.evaluation.metrics import RECALL_AT_1_M
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
+from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.localize import Localizer
 
 
@@ -43,6 +45,27 @@ def test_metrics_schema(evaluated, tiny_city):
     assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p95"]
     assert m["peak_rss_mb"] > 0 and m["index_build_s"] > 0
     assert (evaluated.parent / "error_cdf.png").stat().st_size > 0
+    # The map ablation: the same photos over views shuffled among each level's cells.
+    ablation = m["map_ablation"]
+    assert ablation["seed"] == 0 and list(ablation["recall_at_1"]) == list(m["recall_at_1"])
+    shuffled_tf = ablation["teacher_forced"]["step_accuracy"]
+    assert shuffled_tf[0] == pytest.approx(tf["step_accuracy"][0])  # the first step sees the region's one view, unshuffled
+    assert shuffled_tf[1] != pytest.approx(tf["step_accuracy"][1])  # the second reads its parent's view, now another cell's
+
+
+def test_shuffled_views_are_each_level_permuted_and_seeded(trained_run, tiny_city, tmp_path):
+    from zoomloc.models.embeddings import cached_embeddings
+
+    loc = Localizer.load(trained_run, CityDir(tiny_city).pyramid_path, cache_dir=tmp_path, progress=False)
+    with PyramidReader(CityDir(tiny_city).pyramid_path) as pyr:
+        sat = cached_embeddings(loc.model.encoders, pyr, tmp_path, progress=False)
+    a, b, c = sat.shuffled(0), sat.shuffled(0), sat.shuffled(1)
+    for real, one, same, other in zip(
+        [*sat.levels, sat.terminal], [*a.levels, a.terminal], [*b.levels, b.terminal], [*c.levels, c.terminal]
+    ):
+        assert torch.equal(one, same) and (len(real) == 1 or not torch.equal(one, other))
+        assert torch.equal(one.sort(0).values, real.sort(0).values)  # the same views, other cells
+        assert len(real) == 1 or not torch.equal(one, real)
 
 
 def test_teacher_forced_steps_agree_with_greedy_decoding(trained_run, tiny_city, tmp_path):

@@ -91,6 +91,20 @@ class SatEmbeddings:
         """
         return torch.stack([self.of_paths(paths[:, :n]) for n in lengths], dim=1)
 
+    def shuffled(self, seed: int) -> SatEmbeddings:
+        """These embeddings with each table's rows permuted among its cells (seeded): the map ablation.
+
+        Every view is still a real view of the city, at its level, but of another cell: a model that
+        matches photos with the map loses its way; one that recognises cells by heart, through their
+        views' fingerprints, loses them too; one that ignores the views loses nothing.
+        """
+        generator = torch.Generator().manual_seed(seed)
+
+        def permute(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[torch.randperm(len(t), generator=generator).to(t.device)]
+
+        return SatEmbeddings(self.grid, [permute(t) for t in self.levels], permute(self.terminal), self.build_s)
+
     def to(self, device: torch.device | str) -> SatEmbeddings:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)

@@ -287,6 +287,16 @@ FUSION_GAIN_POINTS = 10.0  # fused zoom R@1 within 100 m over its per-photo figu
 FUSION_TIME_SHARE = 0.10  # fusion's time per photo against a single query's latency
 
 
+def ablation_targets(protocol: str, results: dict[str, Any]) -> list[tuple]:
+    """The map ablation's target: on new captures and new areas the zoom must read the map, so shuffled
+    views must cost it at least half of its R@1 within 100 m."""
+    z = results["zoom"]
+    if protocol not in ("sequence", "area") or "map_ablation" not in z:
+        return []
+    real, shuffled = z["recall_at_1"]["100"], z["map_ablation"]["recall_at_1"]["100"]
+    return [("shuffled views cost the zoom at least half of its R@1 within 100 m (shuffled, %)", shuffled, real / 2, False, True)]
+
+
 def fusion_targets(protocol: str, results: dict[str, Any]) -> list[tuple]:
     """The capture fusion's targets for ``protocol``, where its figures were measured."""
     z, r = results["zoom"], results["retrieval"]
@@ -462,6 +472,16 @@ def _protocol_section(protocol: str, r: dict[str, Any]) -> list[str]:
         *[recall("recall_at_1", str(d)) for d in RECALL_AT_1_M],
         *[recall("recall_at_5", str(d)) for d in RECALL_AT_5_M],
         *_fused_rows(z, ret, row),
+        *(
+            [
+                row(
+                    "R@1 within 50 / 100 m, views shuffled among the cells (%)",
+                    [_pair(m["map_ablation"]) for m in (z, ret)] + ["–", "–"],
+                )
+            ]
+            if all("map_ablation" in m for m in (z, ret))
+            else []
+        ),
         *[
             row(f"R@1 within {d} m, zoom with beam {b} (%)", [f"{v['recall_at_1'][d]:.1f}", "–", "–", "–"])
             for b, v in z.get("by_beam", {}).items()
@@ -477,7 +497,7 @@ def _protocol_section(protocol: str, r: dict[str, Any]) -> list[str]:
         *_levels_table(z, r.get("test_cells_with_training_photos")),
         "Targets (NOTES.md says what was tried where they are missed):",
         "",
-        *[_target_line(*target) for target in (*targets(protocol, r), *fusion_targets(protocol, r))],
+        *[_target_line(*target) for target in (*targets(protocol, r), *fusion_targets(protocol, r), *ablation_targets(protocol, r))],
         "",
     ]
 
