@@ -172,7 +172,9 @@ def test_evaluate_writes_the_documented_metrics(retrieval_run, tiny_city, tmp_pa
     assert set(m) == {
         "model", "split", "n_queries", "recall_at_1", "recall_at_1_ci95", "recall_at_1_ci95_resamples", "recall_at_5",
         "median_error_m", "mean_error_m", "latency_ms", "peak_rss_mb", "index_build_s", "pyramid", "references",
+        "map_ablation",
     }  # fmt: skip
+    assert set(m["map_ablation"]) == {"seed", "recall_at_1", "recall_at_1_ci95", "median_error_m"}  # no zoom steps to judge
     assert list(m["recall_at_1"]) == ["25", "40", "50", "100"] and list(m["recall_at_5"]) == ["50", "100"]
     for d in ("50", "100"):
         assert m["recall_at_5"][d] >= m["recall_at_1"][d]

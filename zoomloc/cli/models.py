@@ -233,7 +233,8 @@ def localize_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="CSV or GeoJSON with image_id (or id), captured_at, sequence_id (or sequence): a city's metadata.csv or a "
-        "Mapillary export (its positions are not read); default: each photo's EXIF DateTimeOriginal, one capture",
+        "Mapillary export (its positions are not read); default: each photo's EXIF time (and the Mapillary app's "
+        "sequence, where it wrote one), else one capture",
     )
     track.add_argument("--interval", type=float, default=None, metavar="SECONDS", help="seconds between photos of a capture without times")
     track.add_argument(
