@@ -121,3 +121,17 @@ def test_bad_capture_input_is_one_line_and_exit_2(short_run, tiny_city, frames, 
     assert localize(short_run, tiny_city, *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_real_mapillary_walk_is_one_capture_in_time_order(short_run, tiny_city, realdata, capsys):
+    """lund/: the Mapillary app's own record (time, sequence) orders the walk; the photos lie off this map,
+    and each says so, in the text too."""
+    folder = realdata / "streetview" / "lund"
+    assert localize(short_run, tiny_city, folder, "--track", "--json") == 0
+    (track,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(p["image"]).name for p in track["photos"]] == sorted(p.name for p in folder.glob("*.jpg"))  # named in time order
+    times = [p["time_s"] for p in track["photos"]]
+    assert times[0] == 0 and all(b > a for a, b in zip(times, times[1:])) and 60 < times[-1] < 600
+    assert all(p["inside_map"] is False and "outside the map" in p["warnings"][0] for p in track["photos"])
+    assert localize(short_run, tiny_city, folder, "--track") == 0
+    assert capsys.readouterr().out.count("warning: its GPS position lies") == 29

@@ -46,7 +46,7 @@ def _p(probability: float) -> str:
 
 def describe_track(track: Track, truth: str = "EXIF GPS") -> str:
     """The text block of a capture localized as one track: a line per photo, in capture order, with the
-    fused answer, how sure the capture makes it, and the photo's own answer beside it."""
+    fused answer, how sure the capture makes it, the photo's own answer beside it and its warnings."""
     errors = track.errors_m()
     span = track.points[-1].time_s if track.points else 0.0
     outliers = sum(p.candidate is None for p in track.points)
@@ -63,5 +63,6 @@ def describe_track(track: Track, truth: str = "EXIF GPS") -> str:
         )
         if errors is not None:
             line += f"\n      distance to {truth}: fused {errors[i]:,.0f} m, photo {photo.error_m:,.0f} m"
+        line += "".join(f"\n      warning: {w}" for w in photo.warnings)
         lines.append(line)
     return "\n".join(lines)
