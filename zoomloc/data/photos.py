@@ -28,29 +28,85 @@ from zoomloc.models.encoders import ViewTransforms
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Photometric augmentation of street views at training time (probabilities and strengths)."""
+    """Photometric and geometric augmentation of street views at training time (probabilities and strengths).
+
+    What differs between two captures of one street is mostly the camera and the light: exposure
+    and contrast (``colour``), white balance (``white_balance``: per-channel gains), the tone curve
+    (``gamma``), haze or a low sun's glare (``haze``: a blend towards light grey), sensor noise
+    (``noise``), a tilted phone (``roll_deg``), focus and motion (``blur_p``) and compression
+    (``jpeg_p``); the encoder's transform adds the field-of-view crop. The defaults of the newer ones
+    leave them off, so a config that does not name them trains as before.
+    """
 
     colour: float = 0.3  # ColorJitter strength for brightness, contrast, saturation (hue: a third)
     blur_p: float = 0.2
     jpeg_p: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 90)
+    white_balance: float = 0.0  # each channel's gain drawn in [1 - w, 1 + w]
+    gamma: tuple[float, float] = (1.0, 1.0)  # the tone curve's exponent, drawn in [low, high]
+    haze: float = 0.0  # a blend towards light grey of strength drawn in [0, haze]
+    noise: float = 0.0  # Gaussian sensor noise of standard deviation drawn in [0, noise] grey levels
+    roll_deg: float = 0.0  # the camera's roll, drawn in [-roll_deg, roll_deg]
 
     def __post_init__(self) -> None:
         if not (0 <= self.colour <= 1 and 0 <= self.blur_p <= 1 and 0 <= self.jpeg_p <= 1):
             raise ValueError("augment strengths and probabilities must lie in [0, 1]")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             raise ValueError(f"jpeg_quality must be [low, high] within 1..100, got {self.jpeg_quality}")
+        if not (0 <= self.white_balance < 1 and 0 <= self.haze <= 1 and self.noise >= 0 and 0 <= self.roll_deg <= 45):
+            raise ValueError("white_balance must lie in [0, 1), haze in [0, 1], noise be ≥ 0 and roll_deg in [0, 45]")
+        if not 0 < self.gamma[0] <= self.gamma[1]:
+            raise ValueError(f"gamma must be [low, high] with 0 < low <= high, got {self.gamma}")
 
     def build(self) -> T.Transform:
-        """The transform on uint8 ``[3, H, W]`` tensors."""
+        """The transform on uint8 ``[3, H, W]`` tensors (random draws from torch's global generator)."""
         c = self.colour
         return T.Compose(
             [
                 T.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 3, 0.5)),
+                *(
+                    [_Camera(self.white_balance, self.gamma, self.haze)]
+                    if (self.white_balance, self.gamma, self.haze) != (0, (1, 1), 0)
+                    else []
+                ),
+                *([T.RandomRotation(self.roll_deg, interpolation=T.InterpolationMode.BILINEAR)] if self.roll_deg else []),
                 T.RandomApply([T.GaussianBlur(5, sigma=(0.3, 1.5))], p=self.blur_p),
+                *([_Noise(self.noise)] if self.noise else []),
                 T.RandomApply([_Jpeg(self.jpeg_quality)], p=self.jpeg_p),
             ]
         )
+
+
+def _uniform(low: float, high: float, size: tuple[int, ...] = ()) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size)
+
+
+class _Camera(torch.nn.Module):
+    """Another camera's colour: per-channel white-balance gains, a gamma curve, then haze (a blend
+    towards light grey), on a uint8 ``[3, H, W]`` image."""
+
+    def __init__(self, white_balance: float, gamma: tuple[float, float], haze: float):
+        super().__init__()
+        self.white_balance, self.gamma, self.haze = white_balance, gamma, haze
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float() / 255
+        x = x * _uniform(1 - self.white_balance, 1 + self.white_balance, (3, 1, 1))
+        x = x.clamp(0, 1) ** _uniform(*self.gamma)
+        x = torch.lerp(x, torch.full_like(x, 0.85), _uniform(0, self.haze))
+        return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class _Noise(torch.nn.Module):
+    """Gaussian sensor noise of a random strength up to ``sigma`` grey levels, on a uint8 ``[3, H, W]`` image."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        noisy = image.float() + torch.randn(image.shape) * _uniform(0, self.sigma)
+        return noisy.round().clamp(0, 255).to(torch.uint8)
 
 
 class _Jpeg(torch.nn.Module):
