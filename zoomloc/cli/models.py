@@ -181,10 +181,10 @@ def _write_outputs(args: argparse.Namespace, results, tracks, pyramid, photos: S
     if args.geojson is not None or args.csv is not None:
         from zoomloc.inference.export import write_csv, write_geojson
 
-        for path, write in ((args.geojson, write_geojson), (args.csv, write_csv)):
+        for path, write, what in ((args.geojson, write_geojson, "GeoJSON"), (args.csv, write_csv, "CSV")):
             if path is not None:
                 write(path, results, tracks)
-                written.append(f"{'GeoJSON' if write is write_geojson else 'CSV'}: {path}")
+                written.append(f"{what}: {path}")
     if args.map is not None:  # folium and the imagery warp load only for a map
         from zoomloc.inference.viz import localization_map, save_map
 

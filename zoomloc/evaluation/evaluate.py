@@ -35,6 +35,7 @@ same code: a retrieval model's answer is its search's top cell, its top 5 the fi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import resource
@@ -59,11 +60,10 @@ from zoomloc.evaluation.references import references
 from zoomloc.evaluation.tracks import FUSE_CHOICES, fused_accuracy
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
-from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.localization import Localization
 from zoomloc.inference.localize import Localizer
 from zoomloc.models.checkpoint import read_info
-from zoomloc.models.embeddings import cached_embeddings, pyramid_identity
+from zoomloc.models.embeddings import pyramid_identity
 
 LATENCY_QUERIES = 100  # single queries timed (after a few warm-ups); accuracy uses all
 WARMUP = 3
@@ -156,12 +156,10 @@ def evaluate_run(
         raise InputError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got {fuse!r}")
     city = CityDir(city_dir)
     out = Path(out)
-    with PyramidReader(city.pyramid_path) as pyramid:
-        loc = Localizer.load(model, pyramid, progress=progress)
-        samples = Samples.from_city(city, split, loc.model.grid)
-        street = street_embeddings(loc, samples, progress=progress)
-        best, metrics = accuracy(loc, street, samples, beam)
-        ablation = map_ablation(loc, pyramid, street, samples, beam)
+    loc = Localizer.load(model, city.pyramid_path, progress=progress)
+    samples = Samples.from_city(city, split, loc.model.grid)
+    street = street_embeddings(loc, samples, progress=progress)
+    best, metrics = accuracy(loc, street, samples, beam)
     errors = np.array([r.error_m for r in best])
     has_beam = loc.model.has_beam
     metrics = {"model": loc.model.kind, "split": split, **({"beam": beam} if has_beam else {}), **metrics}
@@ -169,7 +167,7 @@ def evaluate_run(
         decoded = {str(beam): {"recall_at_1": metrics["recall_at_1"], "median_error_m": metrics["median_error_m"]}}
         others = by_beam(loc, street, samples, [b for b in COMPARED_BEAMS if b != beam])
         metrics["by_beam"] = dict(sorted({**decoded, **others}.items(), key=lambda item: int(item[0])))
-    metrics["map_ablation"] = ablation
+    metrics["map_ablation"] = map_ablation(loc, street, samples, beam)
     fused_errors = {}
     if fuse is not None:
         metrics["fused"], fused_errors["fused"] = fused_accuracy(loc, street, samples)
@@ -272,9 +270,9 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     return best, metrics
 
 
-def map_ablation(loc: Localizer, pyramid: PyramidReader, street: torch.Tensor, samples: Samples, beam: int) -> dict[str, Any]:
-    """What the map is worth to the model: its accuracy on ``samples`` with ``pyramid``'s views shuffled
-    among the cells of each level (seeded: :data:`ABLATION_SEED`), beside the real one.
+def map_ablation(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int) -> dict[str, Any]:
+    """What the map is worth to the model: its accuracy on ``samples`` with the views shuffled among the
+    cells of each level (seeded: :data:`ABLATION_SEED`, :meth:`MapIndex.shuffled`), beside the real one.
 
     A model that matches photos with the map fails when each cell shows another cell's view; one that
     reads the views only as fingerprints of cells it memorised fails too; one that ignores them does
@@ -282,8 +280,8 @@ def map_ablation(loc: Localizer, pyramid: PyramidReader, street: torch.Tensor, s
     accuracies it tells how much of the accuracy the views carry (the demo's zoom fell from 68 to 29 %
     within 100 m, issue 23).
     """
-    sat = cached_embeddings(loc.model.encoders, pyramid, lengths=loc.model.sat_prefixes, progress=False)
-    shuffled = Localizer(loc.model, sat.shuffled(ABLATION_SEED).to(loc.device), loc.device, temperature=loc.index.temperature)
+    shuffled = copy.copy(loc)  # the same model, photos' embeddings and settings over the shuffled index
+    shuffled.index = loc.index.shuffled(ABLATION_SEED)
     _, metrics = accuracy(shuffled, street, samples, beam)
     kept = ("recall_at_1", "recall_at_1_ci95", "median_error_m", "step_accuracy", "teacher_forced")
     return {"seed": ABLATION_SEED, **{k: metrics[k] for k in kept if k in metrics}}

@@ -253,7 +253,7 @@ def _add_prediction_and_truth(
     text = f"{loc.image} — predicted {loc.lat:.6f}, {loc.lon:.6f} ({about})" + "".join(f". Warning: {w}" for w in loc.warnings)
     point = _point(loc.lat, loc.lon, _PREDICTED, text, radius=4 if in_track else 7)
     if thumbnail is not None:  # click the prediction to see the photo
-        _PhotoPopup(f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}').add_to(point)
+        _PhotoPopup(thumbnail, text).add_to(point)
     point.add_to(predicted)
     if error_m is None or loc.inside_map is False:
         return
@@ -286,7 +286,7 @@ def _add_track(fused: folium.FeatureGroup, truth: folium.FeatureGroup, track: Tr
         text = _fused_text(track, i, photo, point, None if errors is None else float(errors[i]))
         marker = _point(point.lat, point.lon, _FUSED, text)
         if thumbnail is not None:
-            _PhotoPopup(f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}').add_to(marker)
+            _PhotoPopup(thumbnail, text).add_to(marker)
         marker.add_to(fused)
     if n >= 2 and all(p.true_lat is not None and p.true_lon is not None and p.inside_map is not False for p in track.photos):
         path = [[p.true_lat, p.true_lon] for p in track.photos]
@@ -329,8 +329,9 @@ def _cached_thumbnail(thumbnails: dict[str, str | None], image: str, photos: Map
 
 
 class _PhotoPopup(MacroElement):
-    """A popup of fixed HTML bound to its parent layer. folium's own ``Popup`` builds its content with
-    jQuery, which a page that inlines Leaflet alone does not have."""
+    """A popup bound to its parent layer: the photo's thumbnail (a data URL) above ``text``, escaped.
+    folium's own ``Popup`` builds its content with jQuery, which a page that inlines Leaflet alone
+    does not have."""
 
     _template = Template(
         """{% macro script(this, kwargs) %}
@@ -338,9 +339,10 @@ class _PhotoPopup(MacroElement):
         {% endmacro %}"""
     )
 
-    def __init__(self, content: str):
+    def __init__(self, thumbnail: str, text: str):
         super().__init__()
-        self.content, self.width = content, THUMBNAIL_PX + 20
+        self.content = f'<img src="{thumbnail}" width="{THUMBNAIL_PX}"><br>{html.escape(text)}'
+        self.width = THUMBNAIL_PX + 20
 
 
 def _thumbnail(image: str | Image.Image) -> str | None:

@@ -61,6 +61,11 @@ class MapIndex(ABC):
         ``[Q, D]`` in its true terminal cell (``truth``: paths ``[Q, L]``), and the right choice of each
         ``[Q, S]``: what a temperature is fitted on."""
 
+    @abstractmethod
+    def shuffled(self, seed: int) -> MapIndex:
+        """This index, at its temperature, over its views permuted among the cells of each level (seeded):
+        the map ablation (:meth:`~zoomloc.models.embeddings.SatEmbeddings.shuffled`)."""
+
     def diagnostics(self, street: Tensor, truth: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
         """Kind-specific figures of an evaluation, from street embeddings ``[Q, D]``, true paths and
         decoded paths ``[Q, L]`` (none by default)."""

@@ -200,6 +200,14 @@ class RetrievalIndex(MapIndex):
             out += [BeamResult(self.paths[c], lp, sp) for c, lp, sp in zip(cells, top_logp, step_probs)]
         return out
 
+    def shuffled(self, seed: int) -> RetrievalIndex:
+        """The database rows permuted among the cells (a row is its context crop's embedding, projected row
+        by row, so this is the same as projecting shuffled crops)."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).to(self.embeddings.device)
+        index = RetrievalIndex(self.embeddings[order], self.logit_scale, self.grid)
+        index.temperature = self.temperature
+        return index
+
     @torch.no_grad()
     def calibration_logits(self, street: Tensor, truth: np.ndarray) -> tuple[Tensor, Tensor]:
         """The scaled similarities to every cell ``[Q, 1, N]`` (one decision: the cell) and the true cell."""

@@ -106,6 +106,11 @@ class ZoomIndex(MapIndex):
             for r in beam_search(self.policy, chunk, self.sat.of_paths, beam=max(beam, topk), topk=topk, temperature=self.temperature)
         ]
 
+    def shuffled(self, seed: int) -> ZoomIndex:
+        index = ZoomIndex(self.policy, self.sat.shuffled(seed))
+        index.temperature = self.temperature
+        return index
+
     @property
     def embedding_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.sat.levels, self.sat.terminal) if t is not None)
