@@ -1,11 +1,12 @@
-"""Training throughput: photos per second of optimizer steps, live street encoder vs the street cache.
+"""Training throughput: photos per second of optimizer steps, live street encoder vs the trunk caches.
 
 The baseline is ``configs/zoom.yaml`` as it trained before the cache (commit 559b57f: no
 ``cache_views``, ``freeze: all_but_last_2``, batch 32, float32): every step decodes, augments and encodes
 its photos, and back-propagates through the street encoder's last two stages. The cached runs
-are ``configs/zoom.yaml`` as it is now, with the cut at ``freeze: all_but_last_1`` (the last stage
-and head train on cached trunk outputs) and at ``freeze: all`` (the policy alone). The one-off
-cache build is timed apart; both code paths share today's encoders (channels-last convolutions).
+are ``configs/zoom.yaml`` with its encoders cut as each row of :data:`CACHED` says: both tails
+training on cached trunk outputs (the street cache and the satellite trunk cache, GeM pooling),
+the street tail alone, and nothing but the policy (``freeze: all``). The one-off cache builds are
+timed apart; all code paths share today's encoders (channels-last convolutions).
 Everything is measured in one run, on one machine: run it on an idle one (several
 torch processes on 2 cores slow each other down far more than twice).
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from zoomloc.core.atomic import write_text
+from zoomloc.data.sat_cache import SatCacheSpec, sat_trunk_cache
 from zoomloc.data.street_cache import StreetCacheSpec, street_cache
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
@@ -36,7 +38,12 @@ from zoomloc.pipelines.benchmark import machine
 from zoomloc.training.trainer import RunConfig, load_run_config, train
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE = {"freeze": "all_but_last_2", "batch_size": 32, "cache_views": 0, "cpu_bf16": False}  # configs/zoom.yaml before the cache
+BASELINE = ({"freeze": "all_but_last_2", "sat_freeze": "all", "pool": "avg"}, {"batch_size": 32, "cache_views": 0, "cpu_bf16": False})
+CACHED = {  # row: the encoders' cut (train settings as configured)
+    "both tails (all_but_last_1, GeM)": {"freeze": "all_but_last_1", "sat_freeze": "all_but_last_1", "pool": "gem"},
+    "street tail (all_but_last_1)": {"freeze": "all_but_last_1", "sat_freeze": "all", "pool": "avg"},
+    "policy alone (all)": {"freeze": "all", "sat_freeze": "all", "pool": "avg"},
+}
 
 
 def throughput(city: CityDir, cfg: RunConfig, window: int, out: Path) -> float:
@@ -47,24 +54,29 @@ def throughput(city: CityDir, cfg: RunConfig, window: int, out: Path) -> float:
     return [r["img_per_s"] for r in records if "img_per_s" in r][1]
 
 
-def variant(cfg: RunConfig, freeze: str, **train: int | bool) -> RunConfig:
-    """``cfg`` with the street encoder frozen as ``freeze`` and ``train`` settings changed."""
-    encoder = dataclasses.replace(cfg.model.encoder, freeze=freeze)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder), train=dataclasses.replace(cfg.train, **train))
+def variant(cfg: RunConfig, encoder: dict[str, str], train: dict[str, int | bool] | None = None) -> RunConfig:
+    """``cfg`` with ``encoder`` and ``train`` settings changed."""
+    model = dataclasses.replace(cfg.model, encoder=dataclasses.replace(cfg.model.encoder, **encoder))
+    return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, **(train or {})))
 
 
-def cache_build_s(city: CityDir, cfg: RunConfig) -> tuple[float, int]:
-    """Seconds to build ``cfg``'s street cache from scratch, and its photo count."""
+def cache_build_s(city: CityDir, cfg: RunConfig) -> dict[str, float | int]:
+    """Seconds to build ``cfg``'s street cache and satellite trunk cache from scratch, and their item counts."""
     with PyramidReader(city.pyramid_path) as pyr:
         model = build_model(cfg.model, pyr.grid)
-    tc = cfg.train
-    spec = StreetCacheSpec.of(model.encoders, city, tc.augment, tc.cache_views, tc.seed)
-    (city.root / "embeddings" / f"street_{spec.key}.h5").unlink(missing_ok=True)
-    start = time.perf_counter()
-    cache = street_cache(model.encoders, city, tc.augment, tc.cache_views, tc.seed, workers=tc.workers, progress=False)
-    seconds, n = time.perf_counter() - start, len(cache)
-    cache.close()
-    return seconds, n
+        tc = cfg.train
+        street_spec = StreetCacheSpec.of(model.encoders, city, tc.augment, tc.cache_views, tc.seed)
+        sat_spec = SatCacheSpec.of(model.encoders, pyr, tc.sat_augment, tc.cache_views, tc.seed)
+        (city.embeddings_dir / f"street_{street_spec.key}.h5").unlink(missing_ok=True)
+        (pyr.path.parent / "embeddings" / f"sattrunk_{sat_spec.key}.h5").unlink(missing_ok=True)
+        start = time.perf_counter()
+        street = street_cache(model.encoders, city, tc.augment, tc.cache_views, tc.seed, workers=tc.workers, progress=False)
+        street_s, middle = time.perf_counter() - start, time.perf_counter()
+        sat = sat_trunk_cache(model.encoders, pyr, tc.sat_augment, tc.cache_views, tc.seed, workers=tc.workers, progress=False)
+        built = {"street_s": street_s, "photos": len(street), "sat_s": time.perf_counter() - middle, "views": len(sat)}
+        street.close()
+        sat.close()
+    return built
 
 
 def main() -> None:
@@ -76,19 +88,20 @@ def main() -> None:
     args = parser.parse_args()
     city = CityDir(args.city)
     cfg = load_run_config(args.config)
-    base = variant(cfg, **BASELINE)
+    base = variant(cfg, *BASELINE)
     results: dict[str, Any] = {"city": str(city.root), "window_steps": args.window}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        results["cache_build_s"], results["cache_photos"] = cache_build_s(city, variant(cfg, "all_but_last_1"))
+        results["cache_build"] = cache_build_s(city, variant(cfg, CACHED["both tails (all_but_last_1, GeM)"]))
         baseline = throughput(city, base, max(2, args.window // 4), tmp / "baseline")  # ~1 s a step: fewer of them
         results["baseline_photos_per_s"] = baseline
         results["baseline"] = {"config": f"{args.config} with {BASELINE}"}
         results["cached"] = {}
-        for freeze in ("all_but_last_1", "all"):
-            cached = variant(cfg, freeze)
-            rate = throughput(city, cached, args.window, tmp / freeze)
-            results["cached"][freeze] = {
+        for i, (name, encoder) in enumerate(CACHED.items()):
+            cached = variant(cfg, encoder)
+            rate = throughput(city, cached, args.window, tmp / str(i))
+            results["cached"][name] = {
+                "encoder": encoder,
                 "photos_per_s": rate,
                 "speedup": rate / baseline,
                 "batch_size": cached.train.batch_size,
@@ -96,13 +109,13 @@ def main() -> None:
             }
     results["machine"] = machine()
     write_text(args.out, json.dumps(results, indent=2) + "\n")
-    print(
-        f"baseline ({args.config.name} before the cache, live, {BASELINE['freeze']}, "
-        f"batch {BASELINE['batch_size']}): {baseline:.1f} photos/s"
-    )
-    for freeze, r in results["cached"].items():
-        print(f"cached, freeze {freeze}, batch {r['batch_size']}: {r['photos_per_s']:.1f} photos/s ({r['speedup']:.1f}x)")
-    print(f"street cache build, once: {results['cache_build_s']:.1f} s for {results['cache_photos']} photos; wrote {args.out}")
+    live, batch = BASELINE[0]["freeze"], BASELINE[1]["batch_size"]
+    print(f"baseline ({args.config.name} before the cache, live, {live}, batch {batch}): {baseline:.1f} photos/s")
+    for name, r in results["cached"].items():
+        print(f"cached, {name}, batch {r['batch_size']}: {r['photos_per_s']:.1f} photos/s ({r['speedup']:.1f}x)")
+    b = results["cache_build"]
+    print(f"cache builds, once: street {b['street_s']:.1f} s for {b['photos']} photos, satellite {b['sat_s']:.1f} s for {b['views']} views")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

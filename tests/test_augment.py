@@ -59,8 +59,44 @@ def test_roll_tilts_a_vertical_bar():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"white_balance": 1.0}, {"haze": 1.5}, {"noise": -1.0}, {"roll_deg": 90.0}, {"gamma": (0.0, 1.0)}, {"gamma": (2.0, 1.0)}]
+    "bad",
+    [
+        {"white_balance": 1.0},
+        {"haze": 1.5},
+        {"noise": -1.0},
+        {"roll_deg": 90.0},
+        {"gamma": (0.0, 1.0)},
+        {"gamma": (2.0, 1.0)},
+        {"erase_p": 2.0},
+        {"fov_zoom": 0.5},
+    ],
 )
 def test_impossible_strengths_are_refused(bad):
     with pytest.raises(ValueError):
         AugmentConfig(**bad)
+
+
+def test_an_occluder_is_an_upright_box_of_one_colour():
+    outs = [_apply(AugmentConfig(**OFF, erase_p=1.0), GREY, seed) for seed in range(10)]
+    for out in outs:
+        changed = (out != GREY).any(0)
+        rows, cols = torch.nonzero(changed, as_tuple=True)
+        assert changed.any(), "p = 1 always paints one"
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height >= width and changed.sum() == height * width  # one filled, upright rectangle
+        assert 0.02 * GREY[0].numel() - height - width <= changed.sum() <= 0.12 * GREY[0].numel() + height + width
+        assert len(torch.unique(out[:, changed], dim=1).T) == 1  # of one colour
+    assert not any((o != GREY).any() for o in (_apply(AugmentConfig(**OFF, erase_p=0.0), GREY, s) for s in range(5)))
+
+
+def test_a_narrower_field_of_view_is_a_window_of_the_photo():
+    ramp = torch.arange(96, dtype=torch.uint8).repeat(3, 64, 1)  # each column holds its index
+    sizes = []
+    for seed in range(20):
+        out = _apply(AugmentConfig(**OFF, fov_zoom=2.0), ramp, seed)
+        h, w = out.shape[-2:]
+        assert 32 <= h <= 64 and 48 <= w <= 96 and abs(h / 64 - w / 96) < 0.03  # 1/z of each side, the aspect kept
+        first = int(out[0, 0, 0])
+        assert torch.equal(out[0, 0], torch.arange(first, first + w, dtype=torch.uint8))  # a window, not a resampling
+        sizes.append(w)
+    assert min(sizes) < 60 and max(sizes) > 80  # zooms spread over [1, 2]

@@ -15,7 +15,7 @@ from zoomloc.core.config import load_yaml
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, RECALL_AT_5_M
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidSpec, build_pyramid
-from zoomloc.pipelines.benchmark import COLUMNS, MEASURES, BenchmarkConfig
+from zoomloc.pipelines.benchmark import COLUMNS, MEASURES, TRAINED_REFERENCE, BenchmarkConfig
 
 QUICK = REPO / "configs" / "bench_quick.yaml"
 pytestmark = pytest.mark.slow  # the benchmark end to end, three protocols: minutes (make test-all, CI)
@@ -43,6 +43,9 @@ def test_results_hold_every_protocol_with_both_models_and_the_references(bench):
             assert set(m["recall_at_1"]) == {str(d) for d in RECALL_AT_1_M}
             assert set(m["recall_at_5"]) == {str(d) for d in RECALL_AT_5_M}
         assert "references" not in r["zoom"]  # tabled as columns of their own
+        # Each model's nearest photo by its trained street embedding: retrieval's head trained, the frozen zoom's did not.
+        assert TRAINED_REFERENCE in r["retrieval"] and TRAINED_REFERENCE not in r["zoom"]
+        assert r["retrieval"][TRAINED_REFERENCE]["n_queries"] == r["zoom"]["n_queries"]
         assert len(r["zoom"]["step_accuracy"]) == 2 and "step_accuracy" not in r["retrieval"]
         assert set(r["zoom"]["by_beam"]) == {"1", "4"} and "by_beam" not in r["retrieval"]
         assert r["zoom"]["by_beam"]["1"]["recall_at_1"] == r["zoom"]["recall_at_1"]  # decoded greedily
@@ -120,7 +123,10 @@ def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
         assert fused[1].startswith(f"{r['retrieval']['fused']['recall_at_1']['50']:.1f} (")
         targets = [line for line in section.splitlines() if line.startswith("- ")]
         # The protocol's own targets, then the fusion's (its gain, its margin, its time), then the map ablation's.
-        assert len(targets) == {"sequence": 4 + 2 + 1, "photo": 4 + 3, "area": 2 + 1 + 1}[protocol]  # and the map ablation's
+        assert len(targets) == {"sequence": 4 + 2 + 1, "photo": 6 + 3, "area": 2 + 1 + 1}[protocol]  # and the map ablation's
+        trained = table["R@1 within 25 / 50 / 100 m, nearest photo by the model's trained street encoder (%)"]
+        recall = r["retrieval"][TRAINED_REFERENCE]["recall_at_1"]
+        assert trained[:2] == ["as the initial encoder's", " / ".join(f"{recall[d]:.1f}" for d in ("25", "50", "100"))]
         shuffled = table["R@1 within 50 / 100 m, views shuffled among the cells (%)"]
         assert (
             shuffled[0] == f"{r['zoom']['map_ablation']['recall_at_1']['50']:.1f} / {r['zoom']['map_ablation']['recall_at_1']['100']:.1f}"

@@ -204,3 +204,21 @@ def test_config_mistakes_become_config_errors():
     with pytest.raises(ConfigError, match="fit only the model"):
         from_mapping(EncoderConfig, {"name": "resnet18"})
     assert from_mapping(EncoderConfig, {"street_size": [64, 128]}).street_size == (64, 128)
+
+
+def test_gem_pools_between_the_mean_and_the_maximum_and_trains_with_its_tail():
+    from zoomloc.models.encoders import GeM
+
+    x = torch.rand(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(GeM(p=1.0)(x), x.mean((-2, -1)))
+    assert torch.allclose(GeM(p=60.0)(x), x.amax((-2, -1)), atol=0.05)
+    mean, gem = x.mean((-2, -1)), GeM()(x)
+    assert (gem >= mean - 1e-6).all() and (gem <= x.amax((-2, -1)) + 1e-6).all()
+    frozen = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, freeze="all", pool="gem"))
+    tail = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, freeze="all_but_last_1", pool="gem"))
+    assert not frozen.backbone("street").global_pool.p.requires_grad and tail.backbone("street").global_pool.p.requires_grad
+    assert not tail.backbone("sat").global_pool.p.requires_grad  # sat_freeze: all
+    # The ImageNet weights load under GeM as under average pooling: only the pooling differs.
+    avg = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, freeze="all"))
+    same = {k: v for k, v in frozen.state_dict().items() if "global_pool" not in k}
+    assert all(torch.equal(v, avg.state_dict()[k]) for k, v in same.items())

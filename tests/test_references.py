@@ -10,7 +10,7 @@ import numpy as np
 from zoomloc.data.photos import AugmentConfig
 from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import CacheViews
-from zoomloc.evaluation.references import frozen_copy, nearest_photo_metrics, random_cell_metrics
+from zoomloc.evaluation.references import initial_copy, nearest_photo_metrics, random_cell_metrics
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.models.checkpoint import LAST, RUN_CONFIG, load_model, read_info
@@ -56,4 +56,32 @@ def test_the_reference_freezes_the_models_own_weights(trained_run):
     assert model.encoder_cfg.weights == "none"
     trained = load_run_config(trained_run / RUN_CONFIG).model.encoder
     expected = build_encoder(dataclasses.replace(trained, freeze="all", sat_freeze="all"))
-    assert weights_fingerprint(frozen_copy(model.encoders).street_cut.trunk) == weights_fingerprint(expected.street_cut.trunk)
+    assert weights_fingerprint(initial_copy(model.encoders).street_cut.trunk) == weights_fingerprint(expected.street_cut.trunk)
+
+
+def test_the_two_nearest_photos_read_the_initial_and_the_trained_tail(tiny_city):
+    """A model whose street tail trained: the initial reference must be the ImageNet features (whatever
+    the tail learned), the trained one the model's own embedding; both read the model's street cache."""
+    import torch
+
+    from zoomloc.evaluation.references import references
+    from zoomloc.models.policy import PolicyConfig
+    from zoomloc.models.zoom import ZoomModel
+
+    city = CityDir(tiny_city)
+    with PyramidReader(city.pyramid_path) as pyr:
+        grid = pyr.grid
+    val = Samples.from_city(city, "val", grid)
+    model = ZoomModel(ENCODER, PolicyConfig(width=32, layers=1, heads=2), grid).eval()
+    with torch.no_grad():  # as if training had moved the tail
+        for p in model.encoders.street_cut.tail.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    metrics, errors = references(city, grid, model, val, split="val", initial_weights="efficientnet-lite0")
+    assert metrics["nearest_photo"]["features"] == "initial"
+    imagenet = build_encoder(dataclasses.replace(ENCODER, freeze="all"))
+    _, pooled = nearest_photo_metrics(city, imagenet, Samples.from_city(city, "train", grid), val, split="val")
+    assert np.mean(np.isclose(errors["nearest_photo"], pooled)) >= 0.95, (
+        "the initial tail over the cached trunk is ImageNet's whole forward"
+    )
+    assert not np.allclose(errors["nearest_photo_trained"], errors["nearest_photo"]), "the trained reference reads the trained tail"
+    assert set(metrics) == {"nearest_photo", "nearest_photo_trained", "random"}

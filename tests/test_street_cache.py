@@ -13,10 +13,11 @@ import torch
 from conftest import train_in_process, untimed_records  # tests/ is on sys.path under pytest
 from safetensors.torch import load_file
 
-import zoomloc.data.street_cache as street_cache_module
+import zoomloc.data.trunk_cache as trunk_cache_module
 from zoomloc.cli.main import main
 from zoomloc.data.photos import AugmentConfig, street_input
-from zoomloc.data.street_cache import StreetCache, StreetCacheSpec, augment_key, build_street_cache, street_cache, variant_of
+from zoomloc.data.street_cache import StreetCache, StreetCacheSpec, build_street_cache, street_cache
+from zoomloc.data.trunk_cache import augment_key, variant_of
 from zoomloc.geo.citydir import CityDir
 from zoomloc.models.encoders import EncoderConfig, build_encoder
 from zoomloc.models.trunk import POOLED
@@ -67,7 +68,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(few_photos, tmp_path, mo
     straight, resumed = tmp_path / "straight.h5", tmp_path / "resumed.h5"
     build_street_cache(straight, spec, encoders, few_photos, progress=False)
 
-    write = street_cache_module._write_chunk
+    write = trunk_cache_module._write_chunk
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -76,19 +77,19 @@ def test_an_interrupted_build_resumes_to_the_same_cache(few_photos, tmp_path, mo
             raise KeyboardInterrupt
         write(*args, **kwargs)
 
-    monkeypatch.setattr(street_cache_module, "_write_chunk", interrupted)
+    monkeypatch.setattr(trunk_cache_module, "_write_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_street_cache(resumed, spec, encoders, few_photos, progress=False)
     building = tmp_path / ".resumed.h5.building"
     assert not resumed.exists() and building.is_file()
     with h5py.File(building) as f:
-        assert f.attrs["done"] == street_cache_module.CHUNK  # the first chunk is kept
+        assert f.attrs["done"] == trunk_cache_module.CHUNK  # the first chunk is kept
 
-    monkeypatch.setattr(street_cache_module, "_write_chunk", write)
+    monkeypatch.setattr(trunk_cache_module, "_write_chunk", write)
     written = []
-    monkeypatch.setattr(street_cache_module, "_write_chunk", lambda f, start, *a: (written.append(start), write(f, start, *a)))
+    monkeypatch.setattr(trunk_cache_module, "_write_chunk", lambda f, start, *a: (written.append(start), write(f, start, *a)))
     build_street_cache(resumed, spec, encoders, few_photos, progress=False)
-    assert written[0] == street_cache_module.CHUNK, "the resumed build starts after the chunk already written"
+    assert written[0] == trunk_cache_module.CHUNK, "the resumed build starts after the chunk already written"
     assert not building.exists()
     with h5py.File(straight) as a, h5py.File(resumed) as b:
         for name in ("image_ids", "plain", "augmented"):
@@ -123,17 +124,32 @@ def test_each_epoch_draws_every_view():
 
 CACHED_RUN = """
 model:
-  encoder: {{street_size: [32, 64], sat_size: 32, freeze: all_but_last_1}}
-  policy: {{width: 32, layers: 1, heads: 2}}
+  kind: {kind}
+  encoder: {{street_size: [32, 64], sat_size: 32, freeze: all_but_last_1, sat_freeze: {sat}, pool: {pool}}}
+  {heads}
 train: {{steps: 6, batch_size: 16, lr: 5.0e-4, warmup_steps: 2, val_every: 2, val_queries: 32, log_every: 2,
-        workers: 0, deterministic: true, cache_views: 2, rollout: {rollout}, rollout_target: {target}, cpu_bf16: {bf16}}}
+        workers: 0, deterministic: true, cache_views: 2, rollout: {rollout}, rollout_target: {target}, cpu_bf16: {bf16},
+        place: {{weight: {place}}}}}
 """
 
 
-@pytest.mark.parametrize(("rollout", "target", "bf16"), [(0.0, "nearest", "false"), (0.6, "uniform", "true")])
-def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city, tmp_path, monkeypatch, rollout, target, bf16):
+@pytest.mark.parametrize(
+    ("kind", "sat", "pool", "rollout", "target", "bf16", "place"),
+    [
+        ("zoom", "all", "avg", 0.0, "nearest", "false", 0.0),
+        ("zoom", "all", "avg", 0.6, "uniform", "true", 0.0),
+        # Both tails train on cached trunks (the satellite's from zoomloc.data.sat_cache), pooled by GeM,
+        # with the place loss on batches that pair photos of one place.
+        ("zoom", "all_but_last_1", "gem", 0.0, "nearest", "true", 0.5),
+        ("retrieval", "all_but_last_1", "gem", 0.0, "nearest", "false", 0.0),
+    ],
+)
+def test_training_from_the_cache_is_deterministic_and_resumes_exactly(
+    tiny_city, tmp_path, monkeypatch, kind, sat, pool, rollout, target, bf16, place
+):
     config = tmp_path / "run.yaml"
-    config.write_text(CACHED_RUN.format(rollout=rollout, target=target, bf16=bf16))
+    heads = "policy: {width: 32, layers: 1, heads: 2}" if kind == "zoom" else "retrieval: {dim: 32}"
+    config.write_text(CACHED_RUN.format(kind=kind, heads=heads, sat=sat, pool=pool, rollout=rollout, target=target, bf16=bf16, place=place))
     first, second, resumed = tmp_path / "first", tmp_path / "second", tmp_path / "resumed"
     assert train_in_process(tiny_city, "--config", config, "--out", first) == 0
     assert list((tiny_city / "embeddings").glob("street_*.h5")), "the cache lies in the city's embeddings folder"
@@ -154,6 +170,7 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city,
 
     records = untimed_records(first)
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert all(("place" in r) == bool(place) for r in records if "loss" in r), "the place loss is logged when on"
     if rollout:
         shares = [r["rollout"] for r in records if "rollout" in r]
         assert shares == sorted(shares) and 0 < shares[0] < shares[-1] == pytest.approx(rollout)
@@ -161,8 +178,16 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(tiny_city,
         assert untimed_records(other) == records
         a, b = load_file(first / "last.safetensors"), load_file(other / "last.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    trained = [k for k, v in load_file(first / "last.safetensors").items() if k.startswith("encoders.backbones.street.blocks.6")]
-    assert trained, "the tail (the last stage) is part of the model"
+    weights = load_file(first / "last.safetensors")
+    initial = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32)).state_dict()
+    for view in ("street", "sat"):
+        tail = {k: v for k, v in weights.items() if k.startswith(f"encoders.backbones.{view}.blocks.6")}
+        assert tail, "the tail (the last stage) is part of the model"
+        moved = any(not torch.equal(v, initial[k.removeprefix("encoders.")]) for k, v in tail.items() if v.is_floating_point())
+        assert moved == (view == "street" or sat != "all"), f"the {view} tail trains exactly when configured to"
+    if sat != "all":
+        assert list((tiny_city / "embeddings").glob("sattrunk_*.h5")), "the views' trunk cache lies beside the pyramid's"
+        assert weights["encoders.backbones.sat.global_pool.p"] != 3.0, "GeM's exponent learns"
 
 
 def test_cache_and_rollout_settings_are_checked(tmp_path, capsys):

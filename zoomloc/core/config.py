@@ -95,3 +95,15 @@ def _convert(value: Any, hint: Any, source: str | Path, key: str) -> Any:
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"key {key!r} must be {hint.__name__}, got {value!r}", source)
     return value
+
+
+def non_defaults(config: Any) -> dict[str, Any]:
+    """The fields of dataclass ``config`` that differ from their defaults (as ``dataclasses.asdict`` gives them).
+
+    What a cache's name hashes of a config: a field added later, off by default, leaves the names
+    of the caches built before it alone (they were made without it), instead of renaming every
+    one and rebuilding hours of work. It relies on a default never changing meaning, which the
+    configs keep anyway: a file that does not name a field trains as before.
+    """
+    given, defaults = dataclasses.asdict(config), dataclasses.asdict(type(config)())
+    return {name: value for name, value in given.items() if value != defaults[name]}

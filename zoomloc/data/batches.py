@@ -136,11 +136,8 @@ class NeighbourOrder:
 
     def groups(self, generator: torch.Generator) -> list[list[int]]:
         """The epoch's groups, in order: each an anchor then its neighbours."""
-        n = len(self.cells)
-        ranked = torch.randperm(n, generator=generator).numpy()
-        rank = np.empty(n, np.int64)
-        rank[ranked] = np.arange(n)
-        used = np.zeros(n, bool)
+        ranked, rank = _random_ranks(len(self.cells), generator)
+        used = np.zeros(len(self.cells), bool)
         full, rest = [], []
         for anchor in ranked:
             if used[anchor]:
@@ -160,6 +157,56 @@ class NeighbourOrder:
 
     def __call__(self, generator: torch.Generator) -> torch.Tensor:
         return torch.tensor([i for g in self.groups(generator) for i in g], dtype=torch.long)
+
+
+class PlaceOrder:
+    """Epoch orders in twos: a photo next to a photo of its place from another capture, where it has one.
+
+    The place loss (:mod:`zoomloc.models.place`) learns from positive pairs inside a batch, and in
+    random batches of a city's thousands of photos two of one place and other captures rarely
+    meet. Here anchors in a random order each take one unused partner (a photo of another capture
+    within ``radius_m`` and ``heading_deg``, drawn at random); photos left without one go in twos
+    too, so that with an even batch size no pair is cut between batches; the twos are then
+    shuffled. Deterministic in the generator, as every epoch order.
+    """
+
+    def __init__(self, xy: np.ndarray, heading_deg: np.ndarray, captures: np.ndarray, radius_m: float, heading_limit_deg: float):
+        near = _within(np.asarray(xy, dtype=float), radius_m)
+        heading, captures = np.asarray(heading_deg, dtype=float), np.asarray(captures)
+        turn = [np.abs((heading[n] - heading[i] + 180) % 360 - 180) for i, n in enumerate(near)]
+        self.partners = [n[(captures[n] != captures[i]) & ~(t > heading_limit_deg)] for i, (n, t) in enumerate(zip(near, turn))]
+
+    @classmethod
+    def of_samples(cls, samples: Samples, grid: ZoomGrid, radius_m: float, heading_deg: float) -> PlaceOrder:
+        return cls(np.column_stack(grid.to_xy(samples.lon, samples.lat)), samples.heading_deg, samples.captures, radius_m, heading_deg)
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        ranked, rank = _random_ranks(len(self.partners), generator)
+        used = np.zeros(len(self.partners), bool)
+        pairs, alone = [], []
+        for anchor in ranked:
+            if used[anchor]:
+                continue
+            used[anchor] = True
+            free = self.partners[anchor][~used[self.partners[anchor]]]
+            if len(free):
+                partner = free[np.argmin(rank[free])]
+                used[partner] = True
+                pairs.append([int(anchor), int(partner)])
+            else:
+                alone.append(int(anchor))
+        twos = pairs + [alone[i : i + 2] for i in range(0, len(alone), 2)]
+        order = torch.randperm(len(twos), generator=generator).tolist()
+        return torch.tensor([i for t in order for i in twos[t]], dtype=torch.long)
+
+
+def _random_ranks(n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random order of 0..n-1 drawn from ``generator``, and each item's place in it: the greedy batch
+    orders visit anchors in that order and draw their partners by it."""
+    ranked = torch.randperm(n, generator=generator).numpy()
+    rank = np.empty(n, np.int64)
+    rank[ranked] = np.arange(n)
+    return ranked, rank
 
 
 def _within(xy: np.ndarray, radius_m: float) -> list[np.ndarray]:

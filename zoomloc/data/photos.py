@@ -34,8 +34,11 @@ class AugmentConfig:
     and contrast (``colour``), white balance (``white_balance``: per-channel gains), the tone curve
     (``gamma``), haze or a low sun's glare (``haze``: a blend towards light grey), sensor noise
     (``noise``), a tilted phone (``roll_deg``), focus and motion (``blur_p``) and compression
-    (``jpeg_p``); the encoder's transform adds the field-of-view crop. The defaults of the newer ones
-    leave them off, so a config that does not name them trains as before.
+    (``jpeg_p``); and what stands in the street: passers-by and cars in front of the facades
+    (``erase_p``: a random upright box painted one random colour). A narrower lens sees the middle
+    of a wider one's view (``fov_zoom``: a random window of 1/z of each side, z drawn in
+    [1, fov_zoom], which the encoder's cover crop then enlarges to its input). The defaults of the
+    newer ones leave them off, so a config that does not name them trains as before.
     """
 
     colour: float = 0.3  # ColorJitter strength for brightness, contrast, saturation (hue: a third)
@@ -47,6 +50,8 @@ class AugmentConfig:
     haze: float = 0.0  # a blend towards light grey of strength drawn in [0, haze]
     noise: float = 0.0  # Gaussian sensor noise of standard deviation drawn in [0, noise] grey levels
     roll_deg: float = 0.0  # the camera's roll, drawn in [-roll_deg, roll_deg]
+    erase_p: float = 0.0  # probability of an occluder: an upright box of 2–12 % of the image
+    fov_zoom: float = 1.0  # the narrowest field of view drawn, as a zoom factor of the photo's
 
     def __post_init__(self) -> None:
         if not (0 <= self.colour <= 1 and 0 <= self.blur_p <= 1 and 0 <= self.jpeg_p <= 1):
@@ -55,6 +60,8 @@ class AugmentConfig:
             raise ValueError(f"jpeg_quality must be [low, high] within 1..100, got {self.jpeg_quality}")
         if not (0 <= self.white_balance < 1 and 0 <= self.haze <= 1 and self.noise >= 0 and 0 <= self.roll_deg <= 45):
             raise ValueError("white_balance must lie in [0, 1), haze in [0, 1], noise be ≥ 0 and roll_deg in [0, 45]")
+        if not (0 <= self.erase_p <= 1 and 1 <= self.fov_zoom <= 3):
+            raise ValueError(f"erase_p must lie in [0, 1] and fov_zoom in [1, 3], got {self.erase_p} and {self.fov_zoom}")
         if not 0 < self.gamma[0] <= self.gamma[1]:
             raise ValueError(f"gamma must be [low, high] with 0 < low <= high, got {self.gamma}")
 
@@ -63,15 +70,17 @@ class AugmentConfig:
         c = self.colour
         return T.Compose(
             [
+                *([_FieldOfView(self.fov_zoom)] if self.fov_zoom > 1 else []),
                 T.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 3, 0.5)),
                 *(
-                    [_Camera(self.white_balance, self.gamma, self.haze)]
+                    [CameraColour(self.white_balance, self.gamma, self.haze)]
                     if (self.white_balance, self.gamma, self.haze) != (0, (1, 1), 0)
                     else []
                 ),
                 *([T.RandomRotation(self.roll_deg, interpolation=T.InterpolationMode.BILINEAR)] if self.roll_deg else []),
                 T.RandomApply([T.GaussianBlur(5, sigma=(0.3, 1.5))], p=self.blur_p),
                 *([_Noise(self.noise)] if self.noise else []),
+                *([_Occluder(self.erase_p)] if self.erase_p else []),
                 T.RandomApply([_Jpeg(self.jpeg_quality)], p=self.jpeg_p),
             ]
         )
@@ -81,7 +90,7 @@ def _uniform(low: float, high: float, size: tuple[int, ...] = ()) -> torch.Tenso
     return low + (high - low) * torch.rand(size)
 
 
-class _Camera(torch.nn.Module):
+class CameraColour(torch.nn.Module):
     """Another camera's colour: per-channel white-balance gains, a gamma curve, then haze (a blend
     towards light grey), on a uint8 ``[3, H, W]`` image."""
 
@@ -107,6 +116,35 @@ class _Noise(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         noisy = image.float() + torch.randn(image.shape) * _uniform(0, self.sigma)
         return noisy.round().clamp(0, 255).to(torch.uint8)
+
+
+class _FieldOfView(torch.nn.Module):
+    """A narrower lens: a random window of 1/z of each side of a uint8 ``[3, H, W]`` image, z in [1, max_zoom]."""
+
+    def __init__(self, max_zoom: float):
+        super().__init__()
+        self.max_zoom = max_zoom
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        zoom = float(_uniform(1.0, self.max_zoom))
+        h, w = max(1, round(height / zoom)), max(1, round(width / zoom))
+        top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+        return image[:, top : top + h, left : left + w]
+
+
+class _Occluder(torch.nn.Module):
+    """With probability ``p``, an upright box (taller than wide, 2–12 % of the image) of one random
+    colour on a uint8 ``[3, H, W]`` image: a passer-by or a parked car hiding part of the street."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.erase = T.RandomErasing(p=p, scale=(0.02, 0.12), ratio=(1.0, 4.0), value=0)  # ratio: height / width
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        colour = torch.randint(0, 256, (3, 1, 1), dtype=torch.uint8)
+        mask = self.erase(torch.ones((1, *image.shape[-2:]), dtype=torch.uint8)) == 0
+        return torch.where(mask, colour, image)
 
 
 class _Jpeg(torch.nn.Module):

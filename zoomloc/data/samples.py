@@ -30,6 +30,7 @@ class Samples:
     outside: int  # photos of the split dropped because they lie outside the grid's region
     captures: np.ndarray  # [N] capture (sequence) codes: what an interval resamples (citydir.capture_codes)
     times_s: np.ndarray  # [N] float seconds since the epoch of ``captured_at``, NaN where metadata.csv has none
+    heading_deg: np.ndarray  # [N] the camera's heading (degrees clockwise from north), NaN where metadata.csv has none
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -62,6 +63,7 @@ class Samples:
             outside=int((~inside).sum()),
             captures=meta["capture"].to_numpy(),
             times_s=_times(meta, city.metadata_csv),
+            heading_deg=meta["heading_deg"].to_numpy(dtype=float) if "heading_deg" in meta.columns else np.full(len(meta), np.nan),
         )
 
     def longest_capture(self) -> np.ndarray:
@@ -86,6 +88,7 @@ class Samples:
             self.outside,
             self.captures[idx],
             self.times_s[idx],
+            self.heading_deg[idx],
         )
 
 

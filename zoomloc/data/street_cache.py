@@ -14,17 +14,12 @@ model, and every split protocol of the same photos, share one file (as they shar
 view cache). Its name hashes what makes it — encoder, trunk weights, cut, input size, crop,
 augmentation, views, seed and the photo list — so a change of any of them builds another.
 
-HDF5 layout (``CITY_DIR/embeddings/street_{key}.h5``)::
+The file is a trunk cache (:mod:`zoomloc.data.trunk_cache`: built resumably, read batch by batch,
+memory bounded whatever the city's size) at ``CITY_DIR/embeddings/street_{key}.h5``::
 
     image_ids  [N] str                    metadata.csv's photos, in its order
     plain      [N, n, ...] float16        the centre crop's trunk output (n crops: 1, or 2 halves)
     augmented  [N·V, n, ...] float16      V augmented crops per photo: row i·V + v
-    attrs: format_version, spec (JSON of :class:`StreetCacheSpec`), done (photos written), build_s
-
-A build writes ``.street_{key}.h5.building`` photo chunk by photo chunk, recording how many
-photos are done after each; interrupted, the next build goes on from there (a file left
-unreadable by a hard kill is started anew), and the finished file is renamed into place.
-Reads go batch by batch through h5py, so memory stays bounded whatever the city's size.
 """
 
 from __future__ import annotations
@@ -32,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,19 +36,15 @@ import h5py
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
-from zoomloc.core.config import from_mapping
-from zoomloc.core.errors import InputError, PyramidError
-from zoomloc.core.hdf5 import take_rows
-from zoomloc.data.photos import AugmentConfig, quiet_on_sigterm, street_input
+from zoomloc.core.config import from_mapping, non_defaults
+from zoomloc.core.errors import InputError
+from zoomloc.data.photos import AugmentConfig, street_input
+from zoomloc.data.trunk_cache import TrunkCache, augment_key, build_trunk_cache
 from zoomloc.geo.citydir import CityDir
 from zoomloc.models.embeddings import weights_fingerprint
 from zoomloc.models.encoders import ViewEncoders, ViewTransforms
-
-FORMAT_VERSION = 1
-CHUNK = 64  # photos encoded and written at a time: an interrupted build redoes at most these
 
 
 @dataclass(frozen=True)
@@ -85,7 +74,7 @@ class StreetCacheSpec:
             street_size=tuple(cfg.street_size),
             street_crop=cfg.street_crop,
             train_zoom=cfg.train_zoom,
-            augment=dataclasses.asdict(augment),
+            augment=non_defaults(augment),  # fields added later, off by default, rename no cache
             views=views,
             seed=seed,
             photos=city.photos_digest(),
@@ -99,41 +88,16 @@ class StreetCacheSpec:
         return hashlib.blake2b(self.to_json().encode(), digest_size=10).hexdigest()
 
 
-def augment_key(seed: int, photo: int, view: int) -> int:
-    """The augmentation key of view ``view`` of photo ``photo`` (row in metadata.csv)."""
-    return (seed * 1_000_003 + view) * 1_000_003 + photo
+class StreetCache(TrunkCache):
+    """A finished street cache, read batch by batch; rows are photos, found by id."""
 
+    what = "street cache"
 
-def variant_of(keys: np.ndarray, views: int) -> np.ndarray:
-    """Which stored view a training item draws: a hash (splitmix64) of its step-and-photo key."""
-    z = np.asarray(keys, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return ((z ^ (z >> np.uint64(31))) % np.uint64(views)).astype(np.int64)
-
-
-class StreetCache:
-    """A finished street cache, read batch by batch."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        try:
-            self._file = h5py.File(self.path, "r")
-            self.spec = json.loads(self._file.attrs["spec"])
-            self.build_s = float(self._file.attrs["build_s"])
-            ids = self._file["image_ids"].asstr()[()]
-            self._plain, self._augmented = self._file["plain"], self._file["augmented"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise PyramidError(f"unreadable street cache ({exc}); delete it to recompute", self.path) from None
-        self.views = int(self.spec["views"])
-        self._row = {image_id: row for row, image_id in enumerate(ids)}
+    def _open(self, f: h5py.File) -> None:
+        self._row = {image_id: row for row, image_id in enumerate(f["image_ids"].asstr()[()])}
 
     def __len__(self) -> int:
         return len(self._row)
-
-    def close(self) -> None:
-        self._file.close()
 
     def rows_of(self, image_ids: Sequence[str]) -> np.ndarray:
         """The cache rows of photos (by id); an error naming the first photo it lacks."""
@@ -141,14 +105,6 @@ class StreetCache:
             return np.array([self._row[i] for i in image_ids], dtype=np.int64)
         except KeyError as exc:
             raise InputError(f"the street cache has no photo {exc.args[0]!r}; delete it to recompute", self.path) from None
-
-    def plain(self, rows: np.ndarray) -> Tensor:
-        """The centre crops' trunk outputs ``[len(rows), n, ...]`` (float32)."""
-        return torch.from_numpy(take_rows(self._plain, rows)).float()
-
-    def augmented(self, rows: np.ndarray, variants: np.ndarray) -> Tensor:
-        """View ``variants[j]`` of photo ``rows[j]``: ``[len(rows), n, ...]`` (float32)."""
-        return torch.from_numpy(take_rows(self._augmented, np.asarray(rows) * self.views + np.asarray(variants))).float()
 
 
 class _Crops(Dataset):
@@ -207,70 +163,28 @@ def street_cache(
     return StreetCache(path)
 
 
-@torch.no_grad()
 def build_street_cache(
     path: Path, spec: StreetCacheSpec, encoders: ViewEncoders, city: CityDir, *, workers: int = 0, progress: bool = True
 ) -> None:
     """Encode every photo's crops with the trunk into ``path``, resuming an interrupted build."""
     ids = city.read_metadata()["image_id"].tolist()
     photos = [city.image_path(i) for i in ids]
-    building = path.with_name(f".{path.name}.building")
-    f, done = _open_building(building, spec, len(ids))
-    try:
-        began = time.perf_counter() - (float(f.attrs["build_s"]) if "build_s" in f.attrs else 0.0)
+    transforms, augment = encoders.transforms(), AugmentConfig(**spec.augment)
+
+    def prepare(f: h5py.File) -> None:
         if "image_ids" not in f:
             f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        device = next(encoders.parameters()).device
-        was_training = encoders.training
-        encoders.eval()
-        crops = _Crops(photos, done, encoders.transforms(), AugmentConfig(**spec.augment), spec.views, spec.seed)
-        # Its own generator: building the cache leaves the global RNG (the training's dropout) untouched.
-        loader = DataLoader(crops, batch_size=CHUNK, num_workers=workers, worker_init_fn=quiet_on_sigterm, generator=torch.Generator())
-        bar = tqdm(total=len(ids), initial=done, desc="street cache", unit="photo", disable=not progress, leave=False)
-        try:
-            for batch in loader:
-                b, v = batch.shape[:2]
-                out = encoders.street_trunk(batch.flatten(0, 1).to(device)).to(torch.float16).cpu().numpy()
-                out = out.reshape(b, v, *out.shape[1:])
-                _write_chunk(f, done, out, spec.views)
-                done += b
-                f.attrs["done"] = done
-                f.attrs["build_s"] = time.perf_counter() - began
-                f.flush()
-                bar.update(b)
-        finally:
-            bar.close()
-            encoders.train(was_training)
-    finally:
-        f.close()
-    os.replace(building, path)
 
-
-def _open_building(building: Path, spec: StreetCacheSpec, n: int) -> tuple[h5py.File, int]:
-    """The build file to go on with and how many photos it holds; a new one if absent, unreadable or of another spec."""
-    if building.is_file():
-        try:
-            f = h5py.File(building, "a")
-        except OSError:
-            building.unlink()
-        else:
-            if f.attrs.get("spec") == spec.to_json() and f.attrs.get("format_version") == FORMAT_VERSION:
-                return f, int(f.attrs.get("done", 0))
-            f.close()
-            building.unlink()
-    building.parent.mkdir(parents=True, exist_ok=True)
-    f = h5py.File(building, "w")
-    f.attrs.update({"format_version": FORMAT_VERSION, "spec": spec.to_json(), "done": 0, "photos": n})
-    return f, 0
-
-
-def _write_chunk(f: h5py.File, start: int, out: np.ndarray, views: int) -> None:
-    """Store photos ``start…`` (``out``: ``[b, 1 + views, n, ...]``), creating the tables on the first chunk."""
-    n = int(f.attrs["photos"])
-    shape = out.shape[2:]
-    if "plain" not in f:
-        f.create_dataset("plain", shape=(n, *shape), dtype=np.float16, chunks=(1, *shape))
-        f.create_dataset("augmented", shape=(n * views, *shape), dtype=np.float16, chunks=(1, *shape) if views else None)
-    b = len(out)
-    f["plain"][start : start + b] = out[:, 0]
-    f["augmented"][start * views : (start + b) * views] = out[:, 1:].reshape(b * views, *shape)
+    build_trunk_cache(
+        path,
+        spec.to_json(),
+        len(ids),
+        spec.views,
+        lambda start: _Crops(photos, start, transforms, augment, spec.views, spec.seed),
+        encoders,
+        encoders.street_trunk,
+        prepare=prepare,
+        workers=workers,
+        progress=progress,
+        desc="street cache",
+    )

@@ -17,8 +17,9 @@ beside it::
      "latency_ms": {"p50": ms, "p95": ms}, "peak_rss_mb": MB,
      "index_build_s": s,      # embedding every pyramid view (as timed when the view cache was made;
                               # retrieval: plus building its database)
-     "references": {"nearest_photo": {...}, "random": {...}},  # zoomloc.evaluation.references, same photos; the
-                              # nearest photo not on the train split
+     "references": {"nearest_photo": {...}, "nearest_photo_trained": {...}, "random": {...}},
+                              # zoomloc.evaluation.references, same photos: the nearest training photo by
+                              # the initial and by the trained street encoder (not on the train split)
      "map_ablation": {"seed": 0, "recall_at_1": {...}, "median_error_m": m,
                       "teacher_forced": {...}},  # the views shuffled among each level's cells
      "fused": {"recall_at_1": {...}, "median_error_m": m, "truth_among_candidates": {...},
@@ -56,7 +57,7 @@ from zoomloc.data.photos import quiet_on_sigterm
 from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import CacheViews, StreetCache
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, summarize_errors
-from zoomloc.evaluation.references import references
+from zoomloc.evaluation.references import REFERENCE_LABELS, references
 from zoomloc.evaluation.tracks import FUSE_CHOICES, fused_accuracy
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
@@ -121,9 +122,9 @@ class EvalReport:
                 f"fusion {f['fusion_ms_per_photo']:.2f} ms per photo",
             ]
         for name, ref in m.get("references", {}).items():
+            recall = " / ".join(f"{ref['recall_at_1'][d]:.1f}" for d in ("25", "50", "100"))
             lines.append(
-                f"  {name.replace('_', ' ') + ':':<14} R@1 within 50 / 100 m {ref['recall_at_1']['50']:.1f} / "
-                f"{ref['recall_at_1']['100']:.1f}%, median error {ref['median_error_m']:.1f} m (reference)"
+                f"  {REFERENCE_LABELS.get(name, name)}: R@1 within 25 / 50 / 100 m {recall}%, median error {ref['median_error_m']:.1f} m"
             )
         return "\n".join(
             [
@@ -181,10 +182,11 @@ def evaluate_run(
         metrics["references"], reference_errors = references(
             city,
             loc.model.grid,
-            loc.model.encoders,
+            loc.model,
             samples,
             split=split,
             cache_views=CacheViews.of_info(info),
+            initial_weights=info.get("encoder_weights"),
             workers=2,
             progress=progress,
         )

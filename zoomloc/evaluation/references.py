@@ -6,10 +6,18 @@
   same-area protocols (``photo``, ``sequence``) it is the rival a practitioner tries first — why
   not match a new photo against the city's geotagged ones? It needs no map and no training, and
   it cannot answer where no training photo was taken: a model that reads the map should beat it
-  there. Its features are the model's street encoder, frozen whole (for a model trained over a
-  frozen encoder, its ImageNet weights; its input size), pooled and read from the street cache,
-  compared by cosine similarity, exact search; the answer is the recorded GPS position of the
-  best match.
+  there. Its features are the model's street encoder as it was before training (its initial
+  weights, e.g. ImageNet's; its input size), pooled, compared by cosine similarity, exact
+  search; the answer is the recorded GPS position of the best match.
+- **nearest photo, trained encoder** (``nearest_photo_trained``): the same search on the street
+  embeddings the model learned (a retrieval model's: after its projection head). It shows the
+  place recognition a model's training bought on its own, apart from the map: an encoder that
+  matches places across captures finds the training photos of the same place. Left out where it
+  finds what the initial encoder finds (a street embedding that never trained).
+
+Both read the street cache the model trained with (its checkpoint names it), so no photo is
+encoded again: the frozen trunk's cached output goes through the initial tail and through the
+trained one.
 
 ``zoomloc evaluate`` reports both beside the model (``metrics.json``'s ``references``); the
 benchmark tables them for every protocol.
@@ -18,6 +26,7 @@ benchmark tables them for every protocol.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,33 +38,53 @@ from zoomloc.data.street_cache import CacheViews, street_cache
 from zoomloc.evaluation.metrics import summarize_errors
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import ZoomGrid, geodesic_m
+from zoomloc.models.base import LocalizationModel
 from zoomloc.models.encoders import ViewEncoders, build_encoder
 
 TOP = 5  # matches kept per query (Recall@5)
+REFERENCE_LABELS = {
+    "nearest_photo": "nearest photo (initial encoder)",
+    "nearest_photo_trained": "nearest photo (trained encoder)",
+    "random": "random cell",
+}
 CHUNK = 1024  # queries compared at once
 
 
 def references(
     city: CityDir,
     grid: ZoomGrid,
-    encoders: ViewEncoders,
+    model: LocalizationModel,
     queries: Samples,
     *,
     split: str,
     cache_views: CacheViews = CacheViews(),
+    initial_weights: str | None = None,
     seed: int = 0,
     workers: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """Both references on ``queries`` (photos of ``split``): ``{"nearest_photo": metrics, "random": metrics}``
-    and their top-1 errors. The nearest photo is left out for the training split, whose photos would
-    find themselves, and where the city's split has no training photo to match."""
+    """The references on ``queries`` (photos of ``split``): ``{"nearest_photo": metrics, "nearest_photo_trained":
+    metrics, "random": metrics}`` and their top-1 errors. The nearest photos are left out for the training
+    split, whose photos would find themselves, and where the city's split has no training photo to match.
+
+    ``initial_weights`` is the street encoder's weights source before training (a checkpoint's
+    ``encoder_weights``); unknown (older checkpoints), the frozen features are the model's own.
+    """
     metrics, errors = {}, {}
     if split != "train" and (city.read_split()["split"] == "train").any():
         train = Samples.from_city(city, "train", grid)
-        metrics["nearest_photo"], errors["nearest_photo"] = nearest_photo_metrics(
-            city, encoders, train, queries, split=split, cache_views=cache_views, workers=workers, progress=progress
-        )
+        initial_weights = None if initial_weights == "hub" else initial_weights  # never a download at evaluation
+        initial = initial_copy(model.encoders, initial_weights)
+        searches = {"nearest_photo": (initial, lambda x: initial.encode_street(x, trunk=True))}
+        if model.encoder_cfg.freeze != "none":  # a street encoder trained whole has no trunk to read from the cache
+            searches["nearest_photo_trained"] = (model.encoders, lambda x: model.encode_street(x, trunk=True))
+        for name, (encoders, embed) in searches.items():
+            metrics[name], errors[name] = nearest_photo_metrics(
+                city, encoders, train, queries, embed=embed, split=split, cache_views=cache_views, workers=workers, progress=progress
+            )
+        metrics["nearest_photo"]["features"] = "initial" if initial_weights is not None else "model"
+        if "nearest_photo_trained" in errors and np.array_equal(errors["nearest_photo_trained"], errors["nearest_photo"]):
+            del metrics["nearest_photo_trained"], errors["nearest_photo_trained"]  # a street embedding that never trained
     metrics["random"], errors["random"] = random_cell_metrics(queries, grid, seed, split=split)
     return metrics, errors
 
@@ -66,6 +95,7 @@ def nearest_photo_metrics(
     train: Samples,
     queries: Samples,
     *,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
     split: str = "test",
     cache_views: CacheViews = CacheViews(),
     workers: int = 0,
@@ -73,30 +103,46 @@ def nearest_photo_metrics(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """``metrics.json``-style accuracy of the reference on ``queries`` matched against ``train``, and its top-1 errors.
 
-    ``cache_views`` names the street cache to read the plain crops from: a model trained with
-    ``freeze: all`` and these settings has computed it already.
+    The photos' features are ``embed`` (default: ``encoders``' pooled street embedding) of their
+    plain crops' entries in the street cache of ``encoders``' trunk that ``cache_views`` names: the
+    one a model trained with these settings has computed already.
     """
-    frozen = frozen_copy(encoders)
+    embed = embed or (lambda x: encoders.encode_street(x, trunk=True))
     cv = cache_views
-    cache = street_cache(frozen, city, cv.augment, views=cv.views, seed=cv.seed, workers=workers, progress=progress)
+    cache = street_cache(encoders, city, cv.augment, views=cv.views, seed=cv.seed, workers=workers, progress=progress)
+
+    @torch.no_grad()
+    def features(rows: np.ndarray) -> torch.Tensor:
+        return torch.cat(
+            [F.normalize(embed(cache.plain(part)).float(), dim=-1) for part in np.array_split(rows, max(1, len(rows) // CHUNK))]
+        )
+
+    was_training = encoders.training
+    encoders.eval()
     try:
-        database = _unit(cache.plain(cache.rows_of(train.image_ids)))
+        database = features(cache.rows_of(train.image_ids))
         found = [
-            (_unit(cache.plain(rows)) @ database.T).topk(min(TOP, len(database)), dim=1).indices.numpy()
+            (features(rows) @ database.T).topk(min(TOP, len(database)), dim=1).indices.numpy()
             for rows in np.array_split(cache.rows_of(queries.image_ids), max(1, len(queries) // CHUNK))
         ]
     finally:
         cache.close()
+        encoders.train(was_training)
     best = np.concatenate(found)
     errors = geodesic_m(train.lon[best], train.lat[best], queries.lon[:, None], queries.lat[:, None])
     return {"model": "nearest photo", "split": split, **summarize_errors(errors[:, 0], errors, queries.captures)}, errors[:, 0]
 
 
-def frozen_copy(encoders: ViewEncoders) -> ViewEncoders:
-    """``encoders`` with their weights, frozen whole. Built from the config without its weights file and
-    loaded from the module: a checkpoint's config names none (its weights are in the checkpoint)."""
-    copy = build_encoder(dataclasses.replace(encoders.cfg, weights="none", freeze="all", sat_freeze="all"))
-    copy.load_state_dict(encoders.state_dict())
+def initial_copy(encoders: ViewEncoders, weights: str | None = None) -> ViewEncoders:
+    """``encoders`` as they were before training, frozen whole but for the same cut (so that they read the
+    model's street cache): with the initial ``weights`` (an :class:`EncoderConfig` source) where given, else
+    with the model's own. Without ``weights`` the copy is built from the config without its weights file
+    and loaded from the module: a checkpoint's config names none (its weights are in the checkpoint)."""
+    cfg = encoders.cfg
+    freeze = "all" if cfg.freeze == "none" else cfg.freeze
+    copy = build_encoder(dataclasses.replace(cfg, weights=weights or "none", freeze=freeze, sat_freeze="all"))
+    if weights is None:
+        copy.load_state_dict(encoders.state_dict())
     return copy.eval()
 
 
@@ -107,8 +153,3 @@ def random_cell_metrics(samples: Samples, grid: ZoomGrid, seed: int, split: str 
     lon, lat = grid.centre_lonlat_of_path(grid.path_of_cell(grid.levels, cells.ravel()))
     errors = geodesic_m(lon, lat, np.repeat(samples.lon, 5), np.repeat(samples.lat, 5)).reshape(-1, 5)
     return {"model": "random", "split": split, **summarize_errors(errors[:, 0], errors, samples.captures)}, errors[:, 0]
-
-
-def _unit(features: torch.Tensor) -> torch.Tensor:
-    """``[N, n, D]`` pooled embeddings of n crops → their mean, unit length ``[N, D]``."""
-    return F.normalize(features.mean(1), dim=-1)

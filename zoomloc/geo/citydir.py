@@ -12,7 +12,7 @@
       region.json                     the zoom grid a dataset fixes (`zoomloc import-jzi`); optional
       pyramid.h5                      (`zoomloc build-pyramid`)
       tiles/                          the tile folders' VRT mosaics (`zoomloc build-pyramid`)
-      embeddings/                     view and street caches (zoomloc.models.embeddings, zoomloc.data.street_cache)
+      embeddings/                     view, street and trunk caches (zoomloc.models.embeddings, zoomloc.data.*_cache)
 
 Commands accept a directory holding only the first three entries plus what they need; extra
 columns in metadata.csv are kept and ignored. Validation lives here, once, so that every

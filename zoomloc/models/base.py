@@ -75,10 +75,12 @@ class MapIndex(ABC):
 class LocalizationModel(nn.Module, ABC):
     """View encoders plus whatever a kind learns on top of them, over one grid.
 
-    ``forward(images, paths, sats, trunk=)`` is the training pass: ``images`` are photos or,
-    with ``trunk``, their street-cache entries; ``paths`` the true (or rolled-out) paths;
-    ``sats`` the view embeddings (or views) of the path prefixes of lengths ``sat_prefixes``.
-    One call does it all so that DistributedDataParallel sees every trainable parameter.
+    ``forward(images, paths, sats, trunk=, with_street=)`` is the training pass: ``images`` are
+    photos or, with ``trunk``, their street-cache entries; ``paths`` the true (or rolled-out) paths;
+    ``sats`` the view embeddings (or views, or their cached trunk outputs) of the path prefixes of
+    lengths ``sat_prefixes``; ``with_street`` returns ``(output, street embeddings)``, which the
+    place loss (:mod:`zoomloc.models.place`) reads. One call does it all so that
+    DistributedDataParallel sees every trainable parameter.
     """
 
     kind: ClassVar[str]  # ModelConfig.kind

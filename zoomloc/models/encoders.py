@@ -71,6 +71,11 @@ class EncoderConfig:
     aspect and crops (centre at eval, random at train); ``halves`` does that to the left and
     right half of a wide image (panorama) separately, and the street embedding is the mean of
     the two.
+
+    ``pool``: how both backbones pool their last feature map — ``avg`` (ImageNet's), or ``gem``,
+    generalised mean pooling with a learned exponent (:class:`GeM`, the place-recognition field's
+    default: a mean that leans towards the strongest activations, which a place's distinctive
+    parts give). GeM's exponent trains with the layers before it.
     """
 
     name: str = _LITE0_MODEL
@@ -82,6 +87,7 @@ class EncoderConfig:
     shared: bool = False
     freeze: str = "none"
     sat_freeze: str = "all"
+    pool: Literal["avg", "gem"] = "avg"
 
     def __post_init__(self) -> None:
         for key in ("freeze", "sat_freeze"):
@@ -93,6 +99,8 @@ class EncoderConfig:
             raise ValueError(f"image sizes must be positive, got {self.street_size} and {self.sat_size}")
         if self.train_zoom < 1:
             raise ValueError(f"train_zoom must be >= 1, got {self.train_zoom}")
+        if self.pool not in ("avg", "gem"):
+            raise ValueError(f"pool must be avg or gem, got {self.pool!r}")
 
     def trainable_groups(self, view: str = "street") -> int | None:
         """How many trailing parameter groups of ``view``'s backbone train; None when nothing is frozen."""
@@ -114,7 +122,28 @@ def build_backbone(cfg: EncoderConfig, num_classes: int = 0, view: str = "street
     model = timm.create_model(cfg.name, pretrained=cfg.weights == "hub", num_classes=num_classes)
     load_weights(model, cfg.weights)
     freeze_backbone(model, cfg.trainable_groups(view))
+    if cfg.pool == "gem":  # after the weights (no file holds its exponent) and the freezing (it is no timm group)
+        model.global_pool = GeM(trains=any(p.requires_grad for p in model.parameters()))
     return model
+
+
+class GeM(nn.Module):
+    """Generalised mean pooling ``(mean x^p)^(1/p)`` over a feature map ``[B, C, h, w]`` → ``[B, C]``.
+
+    Radenović et al.'s pooling for image retrieval: p = 1 is the average, p → ∞ the maximum; p
+    starts at 3 and learns. Activations are clamped at ``eps`` first (GeM needs positive inputs;
+    EfficientNet's last activation is non-negative anyway).
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, trains: bool = True):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=trains)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.p.float()
+        pooled = x.float().clamp(min=self.eps).pow(p).mean(dim=(-2, -1))
+        return pooled.pow(1.0 / p).to(x.dtype)
 
 
 def load_weights(model: nn.Module, weights: str | Path) -> None:
@@ -251,6 +280,11 @@ class ViewEncoders(nn.Module):
         """The street backbone as a frozen trunk and the tail that trains (see :mod:`zoomloc.models.trunk`)."""
         return cut_backbone(self.backbone("street"), self.cfg.name, self.cfg.street_size)
 
+    @functools.cached_property
+    def sat_cut(self) -> BackboneCut:
+        """The satellite backbone as a frozen trunk and the tail that trains (:mod:`zoomloc.data.sat_cache` caches the trunk)."""
+        return cut_backbone(self.backbone("sat"), self.cfg.name, (self.cfg.sat_size,) * 2, view="satellite")
+
     def street_trunk(self, images: Tensor) -> Tensor:
         """The frozen trunk's output ``[B, n, ...]`` for ``[B, n, 3, h, w]`` photo crops: what the street cache stores."""
         b, n = images.shape[:2]
@@ -269,16 +303,25 @@ class ViewEncoders(nn.Module):
         b, n = x.shape[:2]
         return encode(_channels_last(x.flatten(0, 1))).view(b, n, -1).mean(1)
 
-    def encode_sat(self, images: Tensor) -> Tensor:
-        """``[B, 3, s, s]`` → ``[B, D]``."""
-        return self.backbone("sat")(_channels_last(images))
+    def sat_trunk(self, images: Tensor) -> Tensor:
+        """The frozen trunk's output ``[B, ...]`` for views ``[B, 3, s, s]``: what the satellite trunk cache stores."""
+        return self.sat_cut.trunk(_channels_last(images))
 
-    def sat_features(self, sats: Tensor) -> Tensor:
-        """``[B, n, D]``: views ``[B, n, 3, s, s]`` encoded; precomputed embeddings ``[B, n, D]`` as they are.
+    def encode_sat(self, x: Tensor, *, trunk: bool = False) -> Tensor:
+        """``[B, 3, s, s]`` views → ``[B, D]``; with ``trunk``, ``x`` is :meth:`sat_trunk`'s output and only the tail runs."""
+        encode = self.sat_cut.tail if trunk else self.backbone("sat")
+        return encode(_channels_last(x))
 
-        A model's training input holds either, depending on whether the satellite encoder trains
-        (views read by the loader) or is frozen (embeddings from the cache).
+    def sat_features(self, sats: Tensor | SatTrunks) -> Tensor:
+        """``[B, n, D]``: views ``[B, n, 3, s, s]`` encoded, cached trunk outputs (:class:`SatTrunks`)
+        through the tail, precomputed embeddings ``[B, n, D]`` as they are.
+
+        A model's training input holds one of them, depending on whether the satellite encoder
+        trains (views read by the loader, or their trunk outputs from the satellite trunk cache) or
+        is frozen (embeddings from the cache).
         """
+        if isinstance(sats, SatTrunks):
+            return self.encode_sat(sats.maps, trunk=True)[sats.index]
         if sats.dim() != 5:
             return sats
         b, n = sats.shape[:2]
@@ -298,6 +341,22 @@ class ViewEncoders(nn.Module):
         """Input transforms normalised as the backbone was trained."""
         data = resolve_data_config({}, model=self.backbone("street"))
         return ViewTransforms(self.cfg, data["mean"], data["std"])
+
+
+@dataclass(frozen=True)
+class SatTrunks:
+    """A batch's satellite input as cached trunk outputs: ``maps`` ``[U, ...]`` of the U distinct views
+    the batch looks at, and ``index`` ``[B, n]`` naming each sample's n views among them.
+
+    A zoom batch looks at one level-0 view, at most k² of level 1 and so on, so running the tail
+    once per distinct view instead of once per sample and prefix saves most of its cost.
+    """
+
+    maps: Tensor
+    index: Tensor
+
+    def to(self, device: torch.device | str) -> SatTrunks:
+        return SatTrunks(self.maps.to(device, non_blocking=True), self.index.to(device))
 
 
 def _channels_last(x: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from zoomloc.geo.grid import ZoomGrid
 from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
 from zoomloc.models.beam import BeamResult
 from zoomloc.models.embeddings import SatEmbeddings
-from zoomloc.models.encoders import EncoderConfig
+from zoomloc.models.encoders import EncoderConfig, SatTrunks
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: a temperature below 0.01 makes the loss unstable
 SEARCH_CHUNK = 1 << 22  # similarities held at once (queries × cells) by exact search
@@ -92,16 +92,22 @@ class RetrievalModel(LocalizationModel):
         """Unit-length embeddings ``[..., dim]`` of satellite backbone features ``[..., D]`` (e.g. cached)."""
         return F.normalize(self.sat_head(features), dim=-1)
 
-    def forward(self, images: Tensor, paths: Tensor, sats: Tensor, *, trunk: bool = False) -> Tensor:
-        """Training logits ``[B, B]`` of every photo against every context crop of the batch.
+    def forward(
+        self, images: Tensor, paths: Tensor, sats: Tensor | SatTrunks, *, trunk: bool = False, with_street: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Training logits ``[B, B]`` of every photo against every context crop of the batch (and, ``with_street``,
+        the photos' embeddings ``[B, dim]``, for the place loss).
 
         ``images`` are photos, or with ``trunk`` their street-cache entries; ``paths`` ``[B, L]``
         name each pair's terminal cell (for the false-negative mask);
         ``sats`` is the crop's cached backbone feature ``[B, 1, D]`` or, when the satellite
-        encoder trains, the crop ``[B, 1, 3, s, s]`` (encoded here, so that DDP sees it).
+        encoder trains, the crop ``[B, 1, 3, s, s]`` or its cached trunk output (:class:`SatTrunks`),
+        encoded here, so that DDP sees it.
         """
         sat = self.embed_sat(self.encoders.sat_features(sats)[:, 0])
-        return contrastive_logits(self.encode_street(images, trunk=trunk), sat, self.scale(), _cell_ids(paths, self.grid.k))
+        street = self.encode_street(images, trunk=trunk)
+        logits = contrastive_logits(street, sat, self.scale(), _cell_ids(paths, self.grid.k))
+        return (logits, street) if with_street else logits
 
     def loss(self, out: Tensor, paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
         """Symmetric InfoNCE; acc: photos whose own crop is the most similar of the batch; the temperature."""

@@ -1,12 +1,12 @@
-"""The street encoder cut in two: a frozen trunk, whose outputs can be computed once and cached,
+"""An encoder cut in two: a frozen trunk, whose outputs can be computed once and cached,
 and the tail that trains.
 
-A street encoder frozen but for its last blocks gives the same trunk output for a photo (and an
-augmentation of it) at every epoch, and that trunk is nearly all of a training step's cost on a
-CPU. :func:`cut_backbone` finds the cut — right before the first module with a trainable
-parameter — so :mod:`zoomloc.data.street_cache` can store the trunk's output once and training runs
-only the tail. Fully frozen (``freeze: all``), the trunk is the whole backbone and the cache holds
-the pooled embedding.
+An encoder frozen but for its last blocks gives the same trunk output for a photo or a map view
+(and an augmentation of it) at every epoch, and that trunk is nearly all of a training step's
+cost on a CPU. :func:`cut_backbone` finds the cut — right before the first module with a
+trainable parameter — so :mod:`zoomloc.data.street_cache` and :mod:`zoomloc.data.sat_cache` can
+store the trunk's output once and training runs only the tail. Fully frozen (``freeze: all``),
+the trunk is the whole backbone and the cache holds the pooled embedding.
 
 timm backbones run ``forward_features`` (a chain of modules: stem, stages, head convolution) and
 then ``forward_head`` (pooling). The chain is read from the backbone's children before
@@ -82,19 +82,19 @@ def _chain(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     return chain
 
 
-def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, int]) -> BackboneCut:
+def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, int], view: str = "street") -> BackboneCut:
     """``backbone`` cut before its first trainable module; a one-line error if it cannot be cut.
 
     ``input_size`` (height, width) is what the check runs on; the check compares the two halves'
-    composition with the backbone's forward in eval mode.
+    composition with the backbone's forward in eval mode. ``view`` names the encoder in errors.
     """
     if not _trains(backbone):
         return BackboneCut(backbone, nn.Identity(), POOLED)
     chain = _chain(backbone)
     first = next((i for i, (_, m) in enumerate(chain) if _trains(m)), None)
-    refusal = f"the street encoder {model_name} cannot be cut at its freeze boundary for the street cache"
+    refusal = f"the {view} encoder {model_name} cannot be cut at its freeze boundary for the {view} cache"
     if first is None or first == 0:
-        raise InputError(f"{refusal} (its first layer trains or its forward is no chain of modules); use freeze: all or no street cache")
+        raise InputError(f"{refusal} (its first layer trains or its forward is no chain of modules); use freeze: all or no cache")
     trunk = nn.Sequential(*(m for _, m in chain[:first]))
     cut = BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), chain[first][0])
     modes = {m: m.training for m in backbone.modules()}  # frozen norm layers stay in eval (ViewEncoders.train)
@@ -108,5 +108,5 @@ def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, in
         for module, mode in modes.items():
             module.training = mode
     if not same:
-        raise InputError(f"{refusal} (trunk and tail do not compose to its forward); use freeze: all or no street cache")
+        raise InputError(f"{refusal} (trunk and tail do not compose to its forward); use freeze: all or no cache")
     return cut

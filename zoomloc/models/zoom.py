@@ -19,7 +19,7 @@ from zoomloc.geo.grid import ZoomGrid
 from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
 from zoomloc.models.beam import BeamResult, beam_search
 from zoomloc.models.embeddings import SatEmbeddings
-from zoomloc.models.encoders import EncoderConfig
+from zoomloc.models.encoders import EncoderConfig, SatTrunks
 from zoomloc.models.policy import PolicyConfig, ZoomPolicy, offset_loss, zoom_loss
 
 DECODE_CHUNK = 256  # queries decoded at once: a beam holds queries × beam sequences of activations
@@ -46,19 +46,24 @@ class ZoomModel(LocalizationModel):
     def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
         return self.encoders.encode_street(images, trunk=trunk)
 
-    def forward(self, images: Tensor, paths: Tensor, sats: Tensor, *, trunk: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced logits ``[B, L, k²]`` and, with refinement, offsets ``[B, 2]``.
+    def forward(
+        self, images: Tensor, paths: Tensor, sats: Tensor | SatTrunks, *, trunk: bool = False, with_street: bool = False
+    ) -> tuple[Tensor, Tensor | None] | tuple[tuple[Tensor, Tensor | None], Tensor]:
+        """Teacher-forced logits ``[B, L, k²]`` and, with refinement, offsets ``[B, 2]`` (and, ``with_street``,
+        the street embeddings ``[B, D]`` they were computed from, for the place loss).
 
         ``paths`` are the actions fed (the last only with refinement). ``sats`` holds, for each path
         prefix of length 0..L-1 (and L, the terminal context, when refining), either its view
-        embedding ``[B, n, D]`` (from a cache) or its view ``[B, n, 3, s, s]`` (encoded here, when
-        the satellite encoder trains).
+        embedding ``[B, n, D]`` (from a cache), its view ``[B, n, 3, s, s]`` or its view's cached
+        trunk output (:class:`SatTrunks`), encoded here when the satellite encoder trains.
         """
         sats = self.encoders.sat_features(sats)
         street = self.encode_street(images, trunk=trunk)
         if self.policy.offset_head is not None:
-            return self.policy.forward_with_offset(street, sats, paths)
-        return self.policy(street, sats, paths), None
+            out = self.policy.forward_with_offset(street, sats, paths)
+        else:
+            out = self.policy(street, sats, paths), None
+        return (out, street) if with_street else out
 
     def loss(self, out: tuple[Tensor, Tensor | None], paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
         """Cross-entropy of every zoom step (plus the offset loss when refining); acc: teacher-forced steps right."""

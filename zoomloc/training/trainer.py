@@ -11,9 +11,12 @@ the one with the best **validation Recall@1 within 50 m** (free-running: greedy 
 the top-1 cell of the search), because teacher-forced accuracy hides how errors compound when
 the model feeds on its own decisions.
 
-On a CPU the street cache (``train.cache_views``, :mod:`zoomloc.data.street_cache`) buys the epochs:
-the frozen part of the street encoder runs once per photo and augmentation, and a step runs only
-the rest. ``train.rollout`` trains the policy from its own decisions too (:mod:`zoomloc.training.rollout`).
+On a CPU the trunk caches (``train.cache_views``, :mod:`zoomloc.data.street_cache`,
+:mod:`zoomloc.data.sat_cache`) buy the epochs: the frozen part of each encoder runs once per photo,
+view and augmentation, and a step runs only the rest. ``train.place`` adds a place loss on the
+street embeddings, on batches that pair photos of one place from two captures
+(:mod:`zoomloc.models.place`); ``train.rollout`` trains the policy from its own decisions too
+(:mod:`zoomloc.training.rollout`).
 
 A run folder holds ``config.yaml``, ``best.safetensors``, ``last.safetensors`` +
 ``train_state.pt`` (for ``--resume``), ``metrics.jsonl`` and ``curve.png``. Under
@@ -28,7 +31,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,10 +46,12 @@ from tqdm import tqdm
 from zoomloc.core.atomic import atomic_path, write_text
 from zoomloc.core.config import load_yaml
 from zoomloc.core.errors import InputError
-from zoomloc.data.batches import NeighbourOrder, StepBatches, StreetDataset
+from zoomloc.data.batches import NeighbourOrder, PlaceOrder, StepBatches, StreetDataset
 from zoomloc.data.photos import AugmentConfig, quiet_on_sigterm
 from zoomloc.data.samples import Samples
-from zoomloc.data.street_cache import CacheViews, StreetCache, street_cache, variant_of
+from zoomloc.data.sat_cache import SatAugmentConfig, SatTrunkCache, sat_trunk_cache, trunk_embeddings
+from zoomloc.data.street_cache import CacheViews, StreetCache, street_cache
+from zoomloc.data.trunk_cache import variant_of
 from zoomloc.evaluation.evaluate import accuracy, street_embeddings
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
@@ -55,6 +60,8 @@ from zoomloc.inference.localize import Localizer
 from zoomloc.models.base import Batch, LossSettings
 from zoomloc.models.checkpoint import BEST, LAST, RUN_CONFIG, TRAIN_STATE, load_train_state, save_checkpoint, save_train_state
 from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings, compute_embeddings
+from zoomloc.models.encoders import SatTrunks
+from zoomloc.models.place import PlaceConfig, multi_similarity_loss, place_pairs
 from zoomloc.models.registry import ModelConfig, build_model
 from zoomloc.training import distributed
 from zoomloc.training.rollout import rollout, rollout_share
@@ -87,8 +94,13 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # The street cache (zoomloc.data.street_cache): 0 encodes every photo live at every step; V >= 1
     # runs the frozen part of the street encoder once, on V augmented crops per photo, and trains
-    # only the rest — many epochs on a CPU.
+    # only the rest — many epochs on a CPU. A satellite encoder that trains its last blocks gets the
+    # same for the map's views (zoomloc.data.sat_cache), V augmented copies each, varied by sat_augment.
     cache_views: int = 0
+    sat_augment: SatAugmentConfig = field(default_factory=SatAugmentConfig)
+    # The place loss (zoomloc.models.place): street embeddings of one place close across captures, in
+    # batches that pair photos with another capture's photo of their place; weight 0: off.
+    place: PlaceConfig = field(default_factory=PlaceConfig)
     # Exposure bias (zoomloc.training.rollout): the share of zoom steps fed the policy's own greedy choice
     # instead of the true one, reached linearly over the first rollout_ramp of training.
     rollout: float = 0.0
@@ -119,8 +131,10 @@ class RunConfig:
             raise ValueError(f"train.batch_size {t.batch_size} must be a multiple of {multiple} for this {m.kind} model's batches")
         if t.rollout and not m.model_class.supports_rollout(m.settings, m.encoder):
             raise ValueError("train.rollout applies to zoom models with a frozen satellite encoder and no refinement")
-        if t.cache_views and (not m.encoder.sat_frozen or m.encoder.freeze == "none"):
-            raise ValueError("train.cache_views needs a street encoder with a frozen part and a frozen satellite encoder")
+        if t.place.weight and t.batch_size % 2:
+            raise ValueError(f"train.place pairs photos in batches: train.batch_size must be even, got {t.batch_size}")
+        if t.cache_views and (m.encoder.trainable_groups("street") is None or m.encoder.trainable_groups("sat") is None):
+            raise ValueError("train.cache_views needs street and satellite encoders with a frozen part (freeze and sat_freeze not none)")
 
 
 @dataclass(frozen=True)
@@ -176,7 +190,8 @@ class _Trainer:
         self.city = city
         # What every checkpoint's info carries: the photos and split it learned from, the street cache it read.
         views = CacheViews(cfg.train.augment, cfg.train.cache_views, cfg.train.seed)
-        self.provenance = {**city.provenance(), "street_cache": views.to_info()}
+        # The encoder's initial weights name the frozen features the nearest-photo reference compares with.
+        self.provenance = {**city.provenance(), "street_cache": views.to_info(), "encoder_weights": str(cfg.model.encoder.weights)}
         elsewhere = city.trained_elsewhere(state) if resume else None
         if elsewhere is not None:
             raise InputError(f"{elsewhere}; start a new run", out)
@@ -189,10 +204,14 @@ class _Trainer:
         tc = self.tc
         self.loss_settings = LossSettings(tc.label_smoothing, tc.refine_weight, lost_uniform=tc.rollout_target == "uniform")
         self.train_samples = Samples.from_city(city, "train", grid)
+        if tc.place.weight and self.model.neighbour_groups is not None:
+            raise InputError("train.place and the model's neighbour batches both order the training batches; use one", out / RUN_CONFIG)
+        self.train_xy = torch.from_numpy(np.column_stack(grid.to_xy(self.train_samples.lon, self.train_samples.lat)))  # float64 metres
         self.val_samples = Samples.from_city(city, "val", grid).subset(self.tc.val_queries, self.tc.seed)
         self.sat_frozen = cfg.model.encoder.sat_frozen
+        self.street_cache = self._main_first(self._street_cache) if self.tc.cache_views else None
+        self.sat_trunks = self._main_first(self._sat_trunks) if self.tc.cache_views and not self.sat_frozen else None
         self.sat_cache = self._sat_embeddings() if self.sat_frozen else None
-        self.street_cache = self._street_cache() if self.tc.cache_views else None
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=self.tc.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step, self.best = 0, {}
@@ -210,8 +229,10 @@ class _Trainer:
     # ------------------------------------------------------------------ setup
     def _sat_embeddings(self) -> SatEmbeddings:
         """The embeddings of the views the model reads, under the current satellite weights (cached
-        beside the pyramid, with every table, when frozen)."""
+        beside the pyramid, with every table, when frozen; from the satellite trunk cache when its tail trains)."""
         encoders, lengths = self.model.encoders, self.model.sat_prefixes
+        if self.sat_trunks is not None:
+            return trunk_embeddings(encoders, self.sat_trunks, lengths).to(self.run.device)
         if not self.sat_frozen:
             return compute_embeddings(encoders, self.pyramid, lengths=lengths, progress=self.progress).to(self.run.device)
         if self.run.main:
@@ -221,17 +242,24 @@ class _Trainer:
             emb = cached_embeddings(encoders, self.pyramid, lengths=lengths, progress=False)
         return emb.to(self.run.device)
 
-    def _street_cache(self) -> StreetCache:
-        """The city's street cache for this model's trunk (built by the main rank when absent)."""
-
-        def build(progress: bool) -> StreetCache:
-            tc = self.tc
-            return street_cache(self.model.encoders, self.city, tc.augment, tc.cache_views, tc.seed, workers=tc.workers, progress=progress)
-
+    def _main_first(self, build: Callable[[bool], Any]) -> Any:
+        """``build(progress)`` on the main rank, then on the others, which read what it wrote."""
         if self.run.main:
-            cache = build(self.progress)
-        self.run.barrier()  # the other ranks read what the main one wrote
-        return cache if self.run.main else build(False)
+            built = build(self.progress)
+        self.run.barrier()
+        return built if self.run.main else build(False)
+
+    def _street_cache(self, progress: bool) -> StreetCache:
+        """The city's street cache for this model's street trunk."""
+        tc = self.tc
+        return street_cache(self.model.encoders, self.city, tc.augment, tc.cache_views, tc.seed, workers=tc.workers, progress=progress)
+
+    def _sat_trunks(self, progress: bool) -> SatTrunkCache:
+        """The pyramid's satellite trunk cache for this model's satellite trunk."""
+        tc = self.tc
+        return sat_trunk_cache(
+            self.model.encoders, self.pyramid, tc.sat_augment, tc.cache_views, tc.seed, workers=tc.workers, progress=progress
+        )
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: encoder vs policy (or heads) learning rate, no weight decay on norms, biases, embeddings, scales."""
@@ -287,13 +315,18 @@ class _Trainer:
         rows = self.street_cache.rows_of(samples.image_ids)
 
         def cached() -> Iterator[Batch]:
-            for items in batches:
+            for step, items in enumerate(batches, start=self.step):
                 index, keys = (np.array(v, dtype=np.int64) for v in zip(*items))
-                yield {
+                batch = {
                     "trunk": self.street_cache.augmented(rows[index], variant_of(keys, self.street_cache.views)),
                     "path": torch.from_numpy(samples.paths[index]),
                     "offset": torch.from_numpy(samples.offsets[index]),
+                    "index": torch.from_numpy(index),
                 }
+                if self.sat_trunks is not None:  # the views' trunk outputs, one augmented copy per view and step
+                    sats = self.sat_trunks.batch(samples.paths[index], self.model.sat_prefixes, self.tc.seed * 1_000_003 + step)
+                    batch.update(sat_maps=sats.maps, sat_index=sats.index)
+                yield batch
 
         return cached()
 
@@ -321,9 +354,12 @@ class _Trainer:
             plot_curve(self.out / METRICS, self.out / CURVE)
         return TrainSummary(self.out, self.step, time.perf_counter() - start, self.best)
 
-    def _order(self) -> NeighbourOrder | None:
-        """Batches of GPS neighbours, when the model asks for them; else random batches."""
-        groups = self.model.neighbour_groups
+    def _order(self) -> NeighbourOrder | PlaceOrder | None:
+        """Batches pairing photos of one place (the place loss), or of GPS neighbours (when the model asks for them);
+        else random batches."""
+        place, groups = self.tc.place, self.model.neighbour_groups
+        if place.weight:
+            return PlaceOrder.of_samples(self.train_samples, self.pyramid.grid, place.radius_m, place.heading_deg)
         return None if groups is None else NeighbourOrder.of_samples(self.train_samples, self.pyramid.grid, *groups)
 
     def _train_step(self, batch: Batch) -> dict[str, float]:
@@ -337,20 +373,39 @@ class _Trainer:
             fed, targets, lost = self._rollout(images, trunk, paths, share)
             stats = {"rollout": share}
         # The satellite input: the model's path prefixes' cached view embeddings, or (a training
-        # satellite encoder) their views, read by the loader.
-        prefixes = self.model.sat_prefixes
-        sats = self.sat_cache.of_prefixes(fed, prefixes) if self.sat_cache is not None else batch["sats"].to(device)
+        # satellite encoder) their views' cached trunk outputs, or their views, read by the loader.
+        if self.sat_cache is not None:
+            sats = self.sat_cache.of_prefixes(fed, self.model.sat_prefixes)
+        elif "sat_maps" in batch:
+            sats = SatTrunks(batch["sat_maps"], batch["sat_index"]).to(device)
+        else:
+            sats = batch["sats"].to(device)
         autocast = self.tc.amp if device.type == "cuda" else self.tc.cpu_bf16
+        place = self.tc.place
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = self.ddp(images, fed, sats, trunk=trunk)
+            out = self.ddp(images, fed, sats, trunk=trunk, with_street=bool(place.weight))
+        if place.weight:
+            out, street = out
         loss, objective_stats = self.model.loss(out, targets, {**batch, "lost": lost}, self.loss_settings)
         stats.update(objective_stats)
+        if place.weight:
+            place_loss = self._place_loss(street, batch["index"].numpy())
+            loss = loss + place.weight * place_loss
+            stats["place"] = place_loss.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": loss.item(), **stats}
+
+    def _place_loss(self, street: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """The place loss (:mod:`zoomloc.models.place`) of a batch's street embeddings, its pairs from the
+        training samples' positions, headings and captures."""
+        s = self.train_samples
+        heading, captures = torch.from_numpy(s.heading_deg[index]).float(), torch.from_numpy(np.asarray(s.captures[index]))
+        positive, negative = place_pairs(self.train_xy[index], heading, captures, self.tc.place)
+        return multi_similarity_loss(street, positive.to(street.device), negative.to(street.device))
 
     def _rollout(
         self, images: torch.Tensor, trunk: bool, paths: torch.Tensor, share: float
