@@ -14,6 +14,7 @@ from zoomloc.data.samples import Samples
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.models.encoders import ViewTransforms
+from zoomloc.models.place import PlaceConfig, place_pairs
 
 
 class StreetDataset(Dataset):
@@ -164,21 +165,26 @@ class PlaceOrder:
 
     The place loss (:mod:`zoomloc.models.place`) learns from positive pairs inside a batch, and in
     random batches of a city's thousands of photos two of one place and other captures rarely
-    meet. Here anchors in a random order each take one unused partner (a photo of another capture
-    within ``radius_m`` and ``heading_deg``, drawn at random); photos left without one go in twos
-    too, so that with an even batch size no pair is cut between batches; the twos are then
-    shuffled. Deterministic in the generator, as every epoch order.
+    meet. Here anchors in a random order each take one unused partner (a positive of
+    :func:`~zoomloc.models.place.place_pairs`: another capture, near and facing the same way,
+    drawn at random); photos left without one go in twos too, so that with an even batch size no
+    pair is cut between batches; the twos are then shuffled. Deterministic in the generator, as
+    every epoch order.
     """
 
-    def __init__(self, xy: np.ndarray, heading_deg: np.ndarray, captures: np.ndarray, radius_m: float, heading_limit_deg: float):
-        near = _within(np.asarray(xy, dtype=float), radius_m)
-        heading, captures = np.asarray(heading_deg, dtype=float), np.asarray(captures)
-        turn = [np.abs((heading[n] - heading[i] + 180) % 360 - 180) for i, n in enumerate(near)]
-        self.partners = [n[(captures[n] != captures[i]) & ~(t > heading_limit_deg)] for i, (n, t) in enumerate(zip(near, turn))]
+    def __init__(self, xy: np.ndarray, heading_deg: np.ndarray, captures: np.ndarray, cfg: PlaceConfig):
+        xy, heading, captures = np.asarray(xy, dtype=float), np.asarray(heading_deg, dtype=float), np.asarray(captures)
+        near = _within(xy, cfg.radius_m)
+
+        def partners(i: int, n: np.ndarray) -> np.ndarray:
+            rows = np.concatenate([[i], n])
+            return n[place_pairs(xy[rows], heading[rows], captures[rows], cfg)[0][0, 1:]]
+
+        self.partners = [partners(i, n) for i, n in enumerate(near)]
 
     @classmethod
-    def of_samples(cls, samples: Samples, grid: ZoomGrid, radius_m: float, heading_deg: float) -> PlaceOrder:
-        return cls(np.column_stack(grid.to_xy(samples.lon, samples.lat)), samples.heading_deg, samples.captures, radius_m, heading_deg)
+    def of_samples(cls, samples: Samples, grid: ZoomGrid, cfg: PlaceConfig) -> PlaceOrder:
+        return cls(np.column_stack(grid.to_xy(samples.lon, samples.lat)), samples.heading_deg, samples.captures, cfg)
 
     def __call__(self, generator: torch.Generator) -> torch.Tensor:
         ranked, rank = _random_ranks(len(self.partners), generator)

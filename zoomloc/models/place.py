@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,20 +36,20 @@ class PlaceConfig:
             raise ValueError(f"place: weight must be ≥ 0, radius_m > 0, heading_deg in (0, 180], got {self}")
 
 
-def place_pairs(xy: Tensor, heading_deg: Tensor, captures: Tensor, cfg: PlaceConfig) -> tuple[Tensor, Tensor]:
-    """Positive and negative pair masks ``[B, B]`` of a batch: photos at ``xy`` ``[B, 2]`` (metres),
-    with their headings (NaN: unknown, taken to agree) and capture codes.
+def place_pairs(xy: np.ndarray, heading_deg: np.ndarray, captures: np.ndarray, cfg: PlaceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative pair masks ``[B, B]`` of photos at ``xy`` ``[B, 2]`` (metres), with their
+    headings (NaN: unknown, taken to agree) and capture codes: the one definition of "one place",
+    which the loss's batches (:class:`~zoomloc.data.batches.PlaceOrder`) and the loss both read.
 
-    Distances are taken between coordinates centred on the batch, pair by pair: projected metres
-    are millions (UTM northings), and ``cdist``'s matrix-product shortcut would lose them to
-    cancellation in float32 (every photo "within 25 m" of every other).
+    Distances are differences of float64 coordinates, pair by pair: projected metres are millions
+    (UTM northings), and float32 or a matrix-product distance would lose them to cancellation
+    (every photo "within 25 m" of every other).
     """
-    xy = xy.double() - xy.double().mean(0)
-    distance = torch.cdist(xy, xy, compute_mode="donot_use_mm_for_euclid_dist")
-    turn = (heading_deg[:, None] - heading_deg[None, :]).abs() % 360
-    turn = torch.minimum(turn, 360 - turn).nan_to_num(0.0)
-    other = captures[:, None] != captures[None, :]
-    positive = other & (distance <= cfg.radius_m) & (turn <= cfg.heading_deg)
+    xy = np.asarray(xy, dtype=np.float64)
+    heading, captures = np.asarray(heading_deg, dtype=np.float64), np.asarray(captures)
+    distance = np.hypot(*np.moveaxis(xy[:, None, :] - xy[None, :, :], -1, 0))
+    turn = np.abs((heading[:, None] - heading[None, :] + 180) % 360 - 180)
+    positive = (captures[:, None] != captures[None, :]) & (distance <= cfg.radius_m) & ~(turn > cfg.heading_deg)
     return positive, distance > 2 * cfg.radius_m
 
 

@@ -206,7 +206,7 @@ class _Trainer:
         self.train_samples = Samples.from_city(city, "train", grid)
         if tc.place.weight and self.model.neighbour_groups is not None:
             raise InputError("train.place and the model's neighbour batches both order the training batches; use one", out / RUN_CONFIG)
-        self.train_xy = torch.from_numpy(np.column_stack(grid.to_xy(self.train_samples.lon, self.train_samples.lat)))  # float64 metres
+        self.train_xy = np.column_stack(grid.to_xy(self.train_samples.lon, self.train_samples.lat))  # float64 metres
         self.val_samples = Samples.from_city(city, "val", grid).subset(self.tc.val_queries, self.tc.seed)
         self.sat_frozen = cfg.model.encoder.sat_frozen
         self.street_cache = self._main_first(self._street_cache) if self.tc.cache_views else None
@@ -359,7 +359,7 @@ class _Trainer:
         else random batches."""
         place, groups = self.tc.place, self.model.neighbour_groups
         if place.weight:
-            return PlaceOrder.of_samples(self.train_samples, self.pyramid.grid, place.radius_m, place.heading_deg)
+            return PlaceOrder.of_samples(self.train_samples, self.pyramid.grid, place)
         return None if groups is None else NeighbourOrder.of_samples(self.train_samples, self.pyramid.grid, *groups)
 
     def _train_step(self, batch: Batch) -> dict[str, float]:
@@ -403,9 +403,9 @@ class _Trainer:
         """The place loss (:mod:`zoomloc.models.place`) of a batch's street embeddings, its pairs from the
         training samples' positions, headings and captures."""
         s = self.train_samples
-        heading, captures = torch.from_numpy(s.heading_deg[index]).float(), torch.from_numpy(np.asarray(s.captures[index]))
-        positive, negative = place_pairs(self.train_xy[index], heading, captures, self.tc.place)
-        return multi_similarity_loss(street, positive.to(street.device), negative.to(street.device))
+        positive, negative = place_pairs(self.train_xy[index], s.heading_deg[index], s.captures[index], self.tc.place)
+        device = street.device
+        return multi_similarity_loss(street, torch.from_numpy(positive).to(device), torch.from_numpy(negative).to(device))
 
     def _rollout(
         self, images: torch.Tensor, trunk: bool, paths: torch.Tensor, share: float
