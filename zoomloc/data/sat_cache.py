@@ -18,9 +18,6 @@ beside the pyramid: ``plain [N, C, h, w]``, ``augmented [N·V, C, h, w]``, the g
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +33,7 @@ from torch.utils.data import Dataset
 from zoomloc.core.config import non_defaults
 from zoomloc.core.errors import InputError
 from zoomloc.data.photos import CameraColour
-from zoomloc.data.trunk_cache import TrunkCache, augment_key, build_trunk_cache, variant_of
+from zoomloc.data.trunk_cache import CacheSpec, TrunkCache, augment_key, build_trunk_cache, variant_of
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.models.embeddings import SatEmbeddings, pyramid_identity, weights_fingerprint
@@ -82,7 +79,7 @@ class SatAugmentConfig:
 
 
 @dataclass(frozen=True)
-class SatCacheSpec:
+class SatCacheSpec(CacheSpec):
     """Everything a cached view's trunk output depends on; its hash names the file."""
 
     encoder: str
@@ -109,13 +106,6 @@ class SatCacheSpec:
             seed=seed,
             pyramid=pyramid_identity(pyramid.path),
         )
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @property
-    def key(self) -> str:
-        return hashlib.blake2b(self.to_json().encode(), digest_size=10).hexdigest()
 
 
 def _offsets(grid: ZoomGrid) -> np.ndarray:

@@ -25,8 +25,6 @@ memory bounded whatever the city's size) at ``CITY_DIR/embeddings/street_{key}.h
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +39,14 @@ from torch.utils.data import Dataset
 from zoomloc.core.config import from_mapping, non_defaults
 from zoomloc.core.errors import InputError
 from zoomloc.data.photos import AugmentConfig, street_input
-from zoomloc.data.trunk_cache import TrunkCache, augment_key, build_trunk_cache
+from zoomloc.data.trunk_cache import CacheSpec, TrunkCache, augment_key, build_trunk_cache
 from zoomloc.geo.citydir import CityDir
 from zoomloc.models.embeddings import weights_fingerprint
 from zoomloc.models.encoders import ViewEncoders, ViewTransforms
 
 
 @dataclass(frozen=True)
-class StreetCacheSpec:
+class StreetCacheSpec(CacheSpec):
     """Everything a cached trunk output depends on; its hash names the file."""
 
     encoder: str
@@ -79,13 +77,6 @@ class StreetCacheSpec:
             seed=seed,
             photos=city.photos_digest(),
         )
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @property
-    def key(self) -> str:
-        return hashlib.blake2b(self.to_json().encode(), digest_size=10).hexdigest()
 
 
 class StreetCache(TrunkCache):

@@ -19,6 +19,8 @@ memory stays bounded whatever the city's size.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -52,6 +54,18 @@ def variant_of(keys: np.ndarray, views: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return ((z ^ (z >> np.uint64(31))) % np.uint64(views)).astype(np.int64)
+
+
+class CacheSpec:
+    """What a kind of cache's spec (a frozen dataclass of everything its contents depend on) shares:
+    its JSON, stored in the file, and the key hashed from it that names the file."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @property
+    def key(self) -> str:
+        return hashlib.blake2b(self.to_json().encode(), digest_size=10).hexdigest()
 
 
 class TrunkCache:
