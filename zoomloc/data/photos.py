@@ -11,11 +11,13 @@ import io
 import os
 import random
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 
 import torch
 import torchvision.transforms.v2 as T
@@ -224,8 +226,25 @@ def quiet_on_sigterm(worker_id: int) -> None:
     killed by signal" during the shutdown) nor keep running (its threads print tracebacks once the
     main process stops talking to them); exiting with status 0, which torch does not report, does
     neither.
+
+    The main process may also stop in the middle of taking a batch: torch hands its tensors over as
+    file descriptors, sent by a thread of the worker (multiprocessing's resource sharer), which then
+    finds its peer gone and prints the connection error through ``sys.excepthook`` — at times before
+    the worker's own SIGTERM handler has run. In a worker nothing else calls that hook (torch sends a
+    dataset's errors to the main process), and a lost connection to the main process means it is
+    stopping, which it reports itself: those errors are dropped, any other is printed as before.
     """
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    sys.excepthook = _silent_when_peer_is_gone(sys.excepthook)
+
+
+def _silent_when_peer_is_gone(excepthook: Callable[..., object]) -> Callable[..., object]:
+    """``excepthook``, but silent for the errors of a connection whose other end went away."""
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> object:
+        return None if issubclass(kind, EOFError | ConnectionError) else excepthook(kind, value, traceback)
+
+    return hook
 
 
 def street_input(photo: str | Path, transforms: ViewTransforms, augment: T.Transform | None = None, key: int | None = None) -> torch.Tensor:
