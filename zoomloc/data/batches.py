@@ -133,7 +133,7 @@ class NeighbourOrder:
 
     @classmethod
     def of_samples(cls, samples: Samples, grid: ZoomGrid, radius_m: float, group: int) -> NeighbourOrder:
-        return cls(np.column_stack(grid.to_xy(samples.lon, samples.lat)), grid.cell_of_path(samples.paths), radius_m, group)
+        return cls(samples.xy(grid), grid.cell_of_path(samples.paths), radius_m, group)
 
     def groups(self, generator: torch.Generator) -> list[list[int]]:
         """The epoch's groups, in order: each an anchor then its neighbours."""
@@ -184,7 +184,7 @@ class PlaceOrder:
 
     @classmethod
     def of_samples(cls, samples: Samples, grid: ZoomGrid, cfg: PlaceConfig) -> PlaceOrder:
-        return cls(np.column_stack(grid.to_xy(samples.lon, samples.lat)), samples.heading_deg, samples.captures, cfg)
+        return cls(samples.xy(grid), samples.heading_deg, samples.captures, cfg)
 
     def __call__(self, generator: torch.Generator) -> torch.Tensor:
         ranked, rank = _random_ranks(len(self.partners), generator)

@@ -66,6 +66,10 @@ class Samples:
             heading_deg=meta["heading_deg"].to_numpy(dtype=float) if "heading_deg" in meta.columns else np.full(len(meta), np.nan),
         )
 
+    def xy(self, grid: ZoomGrid) -> np.ndarray:
+        """``[N, 2]`` float64 positions in ``grid``'s projected metres: what distances between photos are taken on."""
+        return np.column_stack(grid.to_xy(self.lon, self.lat))
+
     def longest_capture(self) -> np.ndarray:
         """The rows of the capture with the most photos (the first such), in the order of their times:
         the capture a demo localizes as one track."""

@@ -206,7 +206,7 @@ class _Trainer:
         self.train_samples = Samples.from_city(city, "train", grid)
         if tc.place.weight and self.model.neighbour_groups is not None:
             raise InputError("train.place and the model's neighbour batches both order the training batches; use one", out / RUN_CONFIG)
-        self.train_xy = np.column_stack(grid.to_xy(self.train_samples.lon, self.train_samples.lat))  # float64 metres
+        self.train_xy = self.train_samples.xy(grid) if tc.place.weight else None  # the place loss's distances
         self.val_samples = Samples.from_city(city, "val", grid).subset(self.tc.val_queries, self.tc.seed)
         self.sat_frozen = cfg.model.encoder.sat_frozen
         self.street_cache = self._main_first(self._street_cache) if self.tc.cache_views else None
