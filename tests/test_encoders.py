@@ -222,3 +222,43 @@ def test_gem_pools_between_the_mean_and_the_maximum_and_trains_with_its_tail():
     avg = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, freeze="all"))
     same = {k: v for k, v in frozen.state_dict().items() if "global_pool" not in k}
     assert all(torch.equal(v, avg.state_dict()[k]) for k, v in same.items())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_encoders_start_from_a_trained_runs_checkpoint_view_by_view(tmp_path, shared):
+    """``weights:`` a zoomloc checkpoint gives each view the encoder that run trained for it (GeM
+    exponent included); a model saved from them needs no file but its own."""
+    from zoomloc.geo.grid import ZoomGrid
+    from zoomloc.models.checkpoint import load_model, save_checkpoint
+    from zoomloc.models.policy import PolicyConfig
+    from zoomloc.models.registry import ModelConfig, build_model
+
+    grid = ZoomGrid("EPSG:32633", 500_000, 5_000_000, 400, k=2, levels=2)
+    cfg = EncoderConfig(street_size=(32, 64), sat_size=32, freeze="all_but_last_1", sat_freeze="all_but_last_1", pool="gem", shared=shared)
+    trained = build_model(ModelConfig(kind="zoom", encoder=cfg, policy=PolicyConfig(width=16, layers=1, heads=2)), grid)
+    with torch.no_grad():  # what a training run would have changed: the tails and the pooling, each view its own way
+        for i, view in enumerate(("street", "sat")):
+            backbone = trained.encoders.backbone(view)
+            backbone.conv_head.weight.add_(0.1 * (i + 1))
+            backbone.global_pool.p.fill_(2.5 + i)
+    save_checkpoint(tmp_path / "best.safetensors", trained)
+
+    weights = str(tmp_path / "best.safetensors")
+    follower = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, weights=weights, pool="gem", freeze="all"))
+    for view in ("street", "sat"):
+        want = trained.encoders.backbone(view).state_dict()
+        got = follower.backbone(view).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), view
+        assert not any(p.requires_grad for p in follower.backbone(view).parameters())  # freeze: all holds
+    imagenet = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, pool="gem", freeze="all"))
+    assert not torch.equal(follower.backbone("street").conv_head.weight, imagenet.backbone("street").conv_head.weight)
+
+    # Averaging instead would drop the exponent it learned: refused, naming the fix.
+    with pytest.raises(InputError, match="pooled with gem, the config asks for avg: set pool: gem"):
+        build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, weights=weights, freeze="all"))
+    # A model built on them loads from its own checkpoint, without the first run's file.
+    second = build_model(ModelConfig(kind="zoom", encoder=follower.cfg, policy=PolicyConfig(width=16, layers=1, heads=2)), grid)
+    save_checkpoint(tmp_path / "second.safetensors", second)
+    (tmp_path / "best.safetensors").unlink()
+    loaded, _ = load_model(tmp_path / "second.safetensors")
+    assert torch.equal(loaded.encoders.backbone("sat").conv_head.weight, second.encoders.backbone("sat").conv_head.weight)

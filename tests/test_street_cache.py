@@ -209,3 +209,41 @@ def test_a_cache_of_other_photos_is_refused(few_photos):
         cache.rows_of(["nope"])
     assert isinstance(cache, StreetCache) and len(cache) == 150
     cache.close()
+
+
+def test_a_frozen_encoder_derives_its_pooled_cache_from_a_trunk_cache_of_its_trunk(few_photos, monkeypatch):
+    """An encoder trained on a trunk cache, then frozen (``weights:`` its run): its pooled cache is its
+    tail over the stored maps, not a new pass over every photo — and equal to one within float16."""
+    import zoomloc.data.street_cache as street_cache_module
+
+    taught = build_encoder(EncoderConfig(street_size=(32, 64), freeze="all_but_last_1", pool="gem")).eval()
+    street_cache(taught, few_photos, AUGMENT, views=2, seed=5, progress=False).close()
+    frozen = build_encoder(EncoderConfig(street_size=(32, 64), freeze="all", pool="gem")).eval()
+    with torch.no_grad():  # what training changed: the tail only (the cached trunk is ImageNet's in both)
+        frozen.backbone("street").conv_head.weight.mul_(1.5)
+        frozen.backbone("street").global_pool.p.fill_(2.2)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the pooled cache was built from the photos, not derived")
+
+    monkeypatch.setattr(street_cache_module, "build_street_cache", no_build)
+    cache = street_cache(frozen, few_photos, AUGMENT, views=2, seed=5, progress=False)
+    assert cache.spec["cut"] == POOLED and cache.views == 2
+    ids = few_photos.read_metadata()["image_id"].tolist()
+    picks = [0, 77, 149]
+    rows = cache.rows_of([ids[i] for i in picks])
+    transforms, augment = frozen.transforms(), AUGMENT.build()
+    with torch.no_grad():
+        live = frozen.encode_street(torch.stack([street_input(few_photos.image_path(ids[i]), transforms) for i in picks]))
+        torch.testing.assert_close(frozen.encode_street(cache.plain(rows), trunk=True), live, rtol=2e-2, atol=2e-2)
+        fresh = torch.stack([street_input(few_photos.image_path(ids[i]), transforms, augment, augment_key(5, i, 1)) for i in picks])
+        torch.testing.assert_close(
+            frozen.encode_street(cache.augmented(rows, np.ones(3)), trunk=True), frozen.encode_street(fresh), rtol=2e-2, atol=2e-2
+        )
+    cache.close()
+
+    # Another trunk (here: its first block changed) has no cache to derive from: the photos are encoded.
+    with torch.no_grad():
+        frozen.backbone("street").blocks[0][0].conv_dw.weight.mul_(0.9)
+    with pytest.raises(AssertionError, match="built from the photos"):
+        street_cache(frozen, few_photos, AUGMENT, views=2, seed=5, progress=False)

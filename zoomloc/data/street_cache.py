@@ -14,6 +14,11 @@ model, and every split protocol of the same photos, share one file (as they shar
 view cache). Its name hashes what makes it — encoder, trunk weights, cut, input size, crop,
 augmentation, views, seed and the photo list — so a change of any of them builds another.
 
+A fully frozen encoder that another run trained on a trunk cache (``weights:`` that run's
+checkpoint) has the same trunk as that cache: its pooled cache is then derived from it, the trained
+tail run over the stored maps (seconds, where encoding every photo again takes minutes), equal to a
+direct build within float16 rounding of the stored maps.
+
 The file is a trunk cache (:mod:`zoomloc.data.trunk_cache`: built resumably, read batch by batch,
 memory bounded whatever the city's size) at ``CITY_DIR/embeddings/street_{key}.h5``::
 
@@ -25,7 +30,8 @@ memory bounded whatever the city's size) at ``CITY_DIR/embeddings/street_{key}.h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +43,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from zoomloc.core.config import from_mapping, non_defaults
-from zoomloc.core.errors import InputError
+from zoomloc.core.errors import InputError, PyramidError
 from zoomloc.data.photos import AugmentConfig, street_input
 from zoomloc.data.trunk_cache import CacheSpec, TrunkCache, augment_key, build_trunk_cache
 from zoomloc.geo.citydir import CityDir
 from zoomloc.models.embeddings import weights_fingerprint
 from zoomloc.models.encoders import ViewEncoders, ViewTransforms
+from zoomloc.models.trunk import POOLED, BackboneCut, cut_backbone_at
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,11 @@ class StreetCache(TrunkCache):
 
     def __len__(self) -> int:
         return len(self._row)
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Its photos, in row order."""
+        return list(self._row)
 
     def rows_of(self, image_ids: Sequence[str]) -> np.ndarray:
         """The cache rows of photos (by id); an error naming the first photo it lacks."""
@@ -150,8 +162,53 @@ def street_cache(
     spec = StreetCacheSpec.of(encoders, city, augment, views, seed)
     path = city.embeddings_dir / f"street_{spec.key}.h5"
     if not path.is_file():
-        build_street_cache(path, spec, encoders, city, workers=workers, progress=progress)
+        source = _trunk_source(spec, encoders, city)
+        if source is None:
+            build_street_cache(path, spec, encoders, city, workers=workers, progress=progress)
+        else:
+            _derive_pooled(path, spec, source, encoders, progress=progress)
     return StreetCache(path)
+
+
+def _trunk_source(spec: StreetCacheSpec, encoders: ViewEncoders, city: CityDir) -> tuple[StreetCache, BackboneCut] | None:
+    """A street cache of this city from which ``spec``'s pooled cache can be derived, with the cut of
+    the encoder at its boundary: made of the same photos, crops and augmentation, at a cut whose trunk
+    has this encoder's weights. None when ``spec`` is no pooled cache or no such file exists (an
+    unreadable one is passed over: it is no source, and its own build would say what is wrong)."""
+    if spec.cut != POOLED:
+        return None
+    same = {k: v for k, v in json.loads(spec.to_json()).items() if k not in ("cut", "trunk_weights")}
+    cuts: dict[str, tuple[BackboneCut, str]] = {}  # the encoder cut at each cache's boundary, its trunk's fingerprint
+    for path in sorted(city.embeddings_dir.glob("street_*.h5")):
+        try:
+            cache = StreetCache(path)
+        except PyramidError:
+            continue
+        theirs = dict(cache.spec)
+        at, weights = theirs.pop("cut"), theirs.pop("trunk_weights")
+        if at != POOLED and theirs == same:
+            if at not in cuts:
+                cut = cut_backbone_at(encoders.backbone("street"), at, encoders.cfg.name, encoders.cfg.street_size)
+                cuts[at] = cut, weights_fingerprint(cut.trunk)
+            if cuts[at][1] == weights:
+                return cache, cuts[at][0]
+        cache.close()
+    return None
+
+
+class _StoredMaps(Dataset):
+    """Item ``start + j`` of a trunk cache as ``[1 + V, ...]``: its plain map, then its V augmented ones."""
+
+    def __init__(self, cache: TrunkCache, start: int):
+        self.cache, self.start = cache, start
+
+    def __len__(self) -> int:
+        return len(self.cache) - self.start
+
+    def __getitem__(self, j: int) -> Tensor:
+        row = np.array([self.start + j])
+        views = np.arange(self.cache.views)
+        return torch.cat([self.cache.plain(row), self.cache.augmented(row.repeat(len(views)), views)])
 
 
 def build_street_cache(
@@ -161,11 +218,6 @@ def build_street_cache(
     ids = city.read_metadata()["image_id"].tolist()
     photos = [city.image_path(i) for i in ids]
     transforms, augment = encoders.transforms(), AugmentConfig(**spec.augment)
-
-    def prepare(f: h5py.File) -> None:
-        if "image_ids" not in f:
-            f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-
     build_trunk_cache(
         path,
         spec.to_json(),
@@ -174,8 +226,44 @@ def build_street_cache(
         lambda start: _Crops(photos, start, transforms, augment, spec.views, spec.seed),
         encoders,
         encoders.street_trunk,
-        prepare=prepare,
+        prepare=_writes_ids(ids),
         workers=workers,
         progress=progress,
         desc="street cache",
     )
+
+
+def _derive_pooled(
+    path: Path, spec: StreetCacheSpec, source: tuple[StreetCache, BackboneCut], encoders: ViewEncoders, *, progress: bool
+) -> None:
+    """Run the tail of ``source``'s cut over its stored maps into the pooled cache ``path`` (resumable as a build)."""
+    cache, cut = source
+
+    def encode(maps: Tensor) -> Tensor:  # [M, n, C, h, w] → [M, n, D]
+        return cut.tail(maps.flatten(0, 1).contiguous(memory_format=torch.channels_last)).view(*maps.shape[:2], -1)
+
+    try:
+        build_trunk_cache(
+            path,
+            spec.to_json(),
+            len(cache),
+            spec.views,
+            lambda start: _StoredMaps(cache, start),
+            encoders,
+            encode,
+            prepare=_writes_ids(cache.image_ids),
+            progress=progress,
+            desc=f"street cache from {cache.path.name}",
+        )
+    finally:
+        cache.close()
+
+
+def _writes_ids(ids: list[str]) -> Callable[[h5py.File], None]:
+    """A build's ``prepare``: the photo ids, once per build file."""
+
+    def prepare(f: h5py.File) -> None:
+        if "image_ids" not in f:
+            f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+
+    return prepare

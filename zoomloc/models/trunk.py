@@ -61,8 +61,9 @@ def _trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _chain(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``forward_features``' modules in order, partly frozen ``nn.Sequential`` containers opened."""
+def _chain(backbone: nn.Module, opening: str | None = None) -> list[tuple[str, nn.Module]]:
+    """``forward_features``' modules in order, partly frozen ``nn.Sequential`` containers opened,
+    and those holding the module named ``opening``."""
     children = list(backbone.named_children())
     names = [n for n, _ in children]
     if "global_pool" not in names or not hasattr(backbone, "forward_head"):
@@ -71,7 +72,8 @@ def _chain(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
 
     def add(name: str, module: nn.Module) -> None:
         mixed = _trains(module) and not all(p.requires_grad for p in module.parameters())
-        if isinstance(module, nn.Sequential) and mixed:
+        holds = opening is not None and opening.startswith(f"{name}.")
+        if isinstance(module, nn.Sequential) and (mixed or holds):
             for child_name, child in module.named_children():
                 add(f"{name}.{child_name}", child)
         else:
@@ -95,8 +97,31 @@ def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, in
     refusal = f"the {view} encoder {model_name} cannot be cut at its freeze boundary for the {view} cache"
     if first is None or first == 0:
         raise InputError(f"{refusal} (its first layer trains or its forward is no chain of modules); use freeze: all or no cache")
+    return _checked(_split(backbone, chain, first), backbone, input_size, refusal, "; use freeze: all or no cache")
+
+
+def cut_backbone_at(backbone: nn.Module, at: str, model_name: str, input_size: tuple[int, int]) -> BackboneCut:
+    """``backbone`` cut before its module ``at`` (a :attr:`BackboneCut.at` name) whatever trains.
+
+    A fully frozen encoder's pooled embeddings are its tail at such a cut applied to a trunk cache
+    made there: how :mod:`zoomloc.data.street_cache` derives them in seconds from the cache of a run
+    that trained that tail, instead of encoding every photo again.
+    """
+    chain = _chain(backbone, opening=at)
+    first = next((i for i, (name, _) in enumerate(chain) if name == at), None)
+    refusal = f"the encoder {model_name} cannot be cut at {at}"
+    if first is None or first == 0:
+        raise InputError(f"{refusal} (no such module after its first one in its chain)")
+    return _checked(_split(backbone, chain, first), backbone, input_size, refusal, "")
+
+
+def _split(backbone: nn.Module, chain: list[tuple[str, nn.Module]], first: int) -> BackboneCut:
     trunk = nn.Sequential(*(m for _, m in chain[:first]))
-    cut = BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), chain[first][0])
+    return BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), chain[first][0])
+
+
+def _checked(cut: BackboneCut, backbone: nn.Module, input_size: tuple[int, int], refusal: str, advice: str) -> BackboneCut:
+    """``cut``, once its halves are seen to compose to ``backbone``'s forward in eval mode; else ``refusal`` and ``advice``."""
     modes = {m: m.training for m in backbone.modules()}  # frozen norm layers stay in eval (ViewEncoders.train)
     backbone.eval()
     try:
@@ -108,5 +133,5 @@ def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, in
         for module, mode in modes.items():
             module.training = mode
     if not same:
-        raise InputError(f"{refusal} (trunk and tail do not compose to its forward); use freeze: all or no cache")
+        raise InputError(f"{refusal} (trunk and tail do not compose to its forward){advice}")
     return cut
