@@ -49,7 +49,8 @@ TRAFFIC = ("vehicles", "pedestrians")
 
 
 def factor_views(base: Views, other: Views, gsd: float) -> dict[str, Views]:
-    """The re-rendered frames: ``base`` with one factor taken from ``other`` (another capture's frames), or moved."""
+    """The re-rendered frames: ``base`` with one factor taken from ``other`` (another capture's frames), or moved
+    (rendered again as it is, the frames differ in what each render draws: cars, people, noise)."""
 
     def swap(*names: str) -> Views:
         return replace(base, **{n: getattr(other, n) for n in names})
@@ -60,7 +61,6 @@ def factor_views(base: Views, other: Views, gsd: float) -> dict[str, Views]:
 
     every = swap(*LIGHT, *CAMERA, *LENS, *TRAFFIC)
     return {
-        "identical (the check: 100 %)": base,
         "rendered again (cars, people, noise)": base,
         "light (sun, overcast, wet roads)": swap(*LIGHT),
         "camera colour (gain, gamma, tint, blur, noise, vignette, JPEG)": swap(*CAMERA),
@@ -95,7 +95,8 @@ def recall_at_1(queries: torch.Tensor, originals: torch.Tensor) -> float:
 @torch.inference_mode()
 def embed(encoder: ViewEncoders, photos: torch.Tensor, batch: int = 50) -> torch.Tensor:
     transforms = encoder.transforms()
-    out = [encoder.encode_street(torch.cat([transforms.street(p) for p in photos[s : s + batch]])) for s in range(0, len(photos), batch)]
+    # [B, n, 3, h, w]: n crops per photo (2 for a `halves` encoder), which encode_street averages
+    out = [encoder.encode_street(torch.stack([transforms.street(p) for p in photos[s : s + batch]])) for s in range(0, len(photos), batch)]
     return torch.nn.functional.normalize(torch.cat(out).float(), dim=1)
 
 
@@ -132,10 +133,9 @@ def main() -> None:
     other = frames.subset(rng.permutation(len(frames))[: args.poses])  # each frame another one's conditions
     renderer = StreetRenderer(scene, surface, cfg.camera)
     originals = render(renderer, base, 1)
-    factors = {
-        name: render(renderer, views, 1 if name.startswith("identical") else 2)
-        for name, views in factor_views(base, other, cfg.gsd).items()
-    }
+    # The originals themselves first: every one must find itself, or the rows do not line up.
+    factors = {"identical (the check: 100 %)": originals}
+    factors |= {name: render(renderer, views, 2) for name, views in factor_views(base, other, cfg.gsd).items()}
     render_s = time.perf_counter() - t0
 
     encoders = ["imagenet", *args.encoder]

@@ -197,9 +197,9 @@ def _trunk_source(spec: StreetCacheSpec, encoders: ViewEncoders, city: CityDir) 
 
 
 class _StoredMaps(Dataset):
-    """Item ``start + j`` of a trunk cache as ``[1 + V, ...]``: its plain map, then its V augmented ones."""
+    """Item ``start + j`` of a street cache as ``[1 + V, ...]``: its plain map, then its V augmented ones."""
 
-    def __init__(self, cache: TrunkCache, start: int):
+    def __init__(self, cache: StreetCache, start: int):
         self.cache, self.start = cache, start
 
     def __len__(self) -> int:
