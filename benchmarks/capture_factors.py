@@ -3,7 +3,8 @@
 A new capture of a learned street differs from the training photos in its light, its camera, its lens
 and, above all, in where exactly it stood and which way it looked. This probe takes ``--poses`` frames
 of a synthetic city's captures (``data_prep.capture``), renders each once more with one factor
-changed (another capture's light, camera colour, lens; the camera moved along its heading or turned),
+changed (another capture's light, camera colour, lens; the camera moved along its heading or turned;
+the ground's cast shadows from another sun),
 and asks each encoder, for every re-rendered frame, which of the original frames is the same place:
 Recall@1 among the ``--poses`` originals (chance: 1 / poses). Rendering the same scene again is what
 only a synthetic city allows: the one change is the one measured. It takes a minute or two on 2 cores,
@@ -16,6 +17,11 @@ here first (but only the benchmark says whether it localizes).
 ``imagenet`` (always measured) is the shipped Lite0 with GeM pooling at ``--size`` (height width, the
 benchmark's); each ``--encoder`` is a zoomloc checkpoint whose street encoder is measured as it trained
 (its own input size and pooling).
+
+The generator paints every photo's ground with the orthophoto's own colours, cast shadows included
+(``data_prep.capture``: the shadows keep the orthophoto's one sun), so all captures of a street share
+its shadows, as no two real captures at other hours do. The row "cast shadows of another sun" says how
+much an encoder leans on that: a street encoder that recognises places should not care.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 from PIL import Image
 
 from data_prep.capture import sample_sequences
-from data_prep.overhead import surface_colours
+from data_prep.overhead import Sun, surface_colours
 from data_prep.scene import build_scene
 from data_prep.street import StreetRenderer, Views, encode_jpeg
 from data_prep.synth import SynthCityConfig
@@ -46,6 +52,7 @@ LIGHT = ("sun_east", "sun_north", "overcast", "wet")
 CAMERA = ("gain", "gamma", "tint", "blur", "noise", "vignette", "quality")
 LENS = ("fov_deg", "cam_h", "pitch_deg", "roll_deg")
 TRAFFIC = ("vehicles", "pedestrians")
+OTHER_SUN = Sun(azimuth_deg=245.0, elevation_deg=25.0)  # late afternoon: the city's shadows fall elsewhere
 
 
 def factor_views(base: Views, other: Views, gsd: float) -> dict[str, Views]:
@@ -136,6 +143,8 @@ def main() -> None:
     # The originals themselves first: every one must find itself, or the rows do not line up.
     factors = {"identical (the check: 100 %)": originals}
     factors |= {name: render(renderer, views, 2) for name, views in factor_views(base, other, cfg.gsd).items()}
+    shadows = StreetRenderer(scene, surface_colours(scene, OTHER_SUN, cfg.seed), cfg.camera)
+    factors["cast shadows of another sun"] = render(shadows, base, 2)
     render_s = time.perf_counter() - t0
 
     encoders = ["imagenet", *args.encoder]

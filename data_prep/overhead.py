@@ -4,7 +4,10 @@
 sunlight (ground textures, roof colours shaded by their slope, tree crowns, cast shadows). It
 is shared by both views: the orthophoto is these colours plus sensor noise, and the street
 renderer paints roofs, tree crowns and the ground with the very same colours, so that a shadow
-or a lane marking seen from the street is where the orthophoto has it.
+or a lane marking seen from the street is where the orthophoto has it. The price: the shadows
+on every photo's ground are those of the orthophoto's sun, whatever the capture's hour
+(``data_prep.capture``), so ground-level methods must be judged with that in mind
+(``benchmarks/results/bench/NOTES.md``, twelfth session).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def test_the_probe_finds_every_identical_frame_and_fewer_of_the_changed_ones(tmp
     ).stdout  # fmt: skip
     assert "among 40 original frames (chance 2.50 %)" in out
     figures = json.loads((tmp_path / "factors.json").read_text())["recall_at_1"]["imagenet"]
-    assert len(figures) == 13 and all(0 <= v <= 100 for v in figures.values())
+    assert len(figures) == 14 and all(0 <= v <= 100 for v in figures.values())
     assert figures["identical (the check: 100 %)"] == 100.0  # the same photo is its own nearest: rows line up
     assert figures["every condition, moved 10 m"] < 100.0  # a changed photo is no copy
     printed = re.search(r"^\s+moved 20 m\s+([\d.]+)$", out, re.M)
