@@ -44,8 +44,9 @@ RADII_M = (25, 50, 100)
 class GroundMatcher:
     """Masked normalised cross-correlation of a bird's-eye ground patch with a whole orthophoto.
 
-    The orthophoto's spectra (of its colours and their squares) are taken once; a query costs
-    four forward and nine inverse FFTs of the orthophoto's size.
+    The orthophoto's spectra (of its colours and their squares) are taken once; a query costs three
+    correlations per colour channel (the patch, and the mask against the colours and their squares),
+    each a forward and an inverse FFT of the orthophoto's size.
     """
 
     def __init__(self, ortho: np.ndarray, gsd: float, near_m: float, far_m: float):
@@ -70,7 +71,7 @@ class GroundMatcher:
         grid = np.stack([right / depth * focal / (w / 2), (CAMERA_H * focal / depth) / (h / 2)], -1)  # [-1, 1] coordinates
         seen = (ahead >= self.near) & (ahead <= self.far) & (np.abs(grid) <= 1).all(-1)
         image = torch.from_numpy(photo).permute(2, 0, 1)[None].float()
-        patch = F.grid_sample(image, torch.from_numpy(grid)[None].float(), align_corners=False)[0]
+        patch = F.grid_sample(image, torch.from_numpy(grid)[None].float(), padding_mode="border", align_corners=False)[0]
         return patch, torch.from_numpy(seen.astype(np.float32))
 
     def _correlate(self, spectrum: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
