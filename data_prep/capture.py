@@ -13,8 +13,8 @@ Everything that makes one capture look unlike another is drawn once per sequence
 day (the sun's direction and height light the façades, low sun dims and warms the picture; cast
 shadows stay the orthophoto's, which keeps its one sun: every capture's ground is the orthophoto's,
 shadows and all, a likeness no two real captures at other hours share; a matcher of the ground
-against the orthophoto finds photos by it alone, while the street encoders barely use it, see
-``benchmarks/capture_factors.py``), the weather (overcast or hazy air lowers
+against the orthophoto finds photos by it alone, ``benchmarks/ground_shadows.py``, while the
+street encoders barely use it, ``benchmarks/capture_factors.py``), the weather (overcast or hazy air lowers
 the contrast, wet roads darken and mirror the sky), the camera (field of view, white balance,
 vignetting, JPEG quality) and how many vehicles and pedestrians pass. The written GPS position
 is off by ``gps_sigma_m`` per axis while the photo is rendered at the true one, as a phone's is.
