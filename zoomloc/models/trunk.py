@@ -6,7 +6,8 @@ An encoder frozen but for its last blocks gives the same trunk output for a phot
 cost on a CPU. :func:`cut_backbone` finds the cut — right before the first module with a
 trainable parameter — so :mod:`zoomloc.data.street_cache` and :mod:`zoomloc.data.sat_cache` can
 store the trunk's output once and training runs only the tail. Fully frozen (``freeze: all``),
-the trunk is the whole backbone and the cache holds the pooled embedding.
+the trunk is the whole backbone and the cache holds the pooled embedding; a frozen backbone whose
+pooling learns (NetVLAD) is cut at :data:`HEAD`, the cache holding its last feature map.
 
 timm backbones run ``forward_features`` (a chain of modules: stem, stages, head convolution) and
 then ``forward_head`` (pooling). The chain is read from the backbone's children before
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from zoomloc.core.errors import InputError
 
 POOLED = "pooled"  # the cut of a fully frozen backbone: the cache holds its pooled output
+HEAD = "global_pool"  # the cut of a frozen backbone whose pooling trains: the cache holds its last feature map
 _CHECK_TOLERANCE = 1e-4
 
 
@@ -32,8 +34,8 @@ _CHECK_TOLERANCE = 1e-4
 class BackboneCut:
     """A backbone as ``tail(trunk(x))``; the modules are the backbone's own (no copies).
 
-    ``at`` names the cut: the first trainable module (``blocks.6``, ``conv_head``), or
-    :data:`POOLED` when nothing trains.
+    ``at`` names the cut: the first trainable module (``blocks.6``, ``conv_head``), :data:`HEAD`
+    when only the pooling trains, or :data:`POOLED` when nothing trains.
     """
 
     trunk: nn.Module
@@ -93,7 +95,7 @@ def cut_backbone(backbone: nn.Module, model_name: str, input_size: tuple[int, in
     if not _trains(backbone):
         return BackboneCut(backbone, nn.Identity(), POOLED)
     chain = _chain(backbone)
-    first = next((i for i, (_, m) in enumerate(chain) if _trains(m)), None)
+    first = next((i for i, (_, m) in enumerate(chain) if _trains(m)), len(chain) if chain else None)
     refusal = f"the {view} encoder {model_name} cannot be cut at its freeze boundary for the {view} cache"
     if first is None or first == 0:
         raise InputError(f"{refusal} (its first layer trains or its forward is no chain of modules); use freeze: all or no cache")
@@ -108,7 +110,7 @@ def cut_backbone_at(backbone: nn.Module, at: str, model_name: str, input_size: t
     that trained that tail, instead of encoding every photo again.
     """
     chain = _chain(backbone, opening=at)
-    first = next((i for i, (name, _) in enumerate(chain) if name == at), None)
+    first = next((i for i, (name, _) in enumerate(chain) if name == at), len(chain) if at == HEAD and chain else None)
     refusal = f"the encoder {model_name} cannot be cut at {at}"
     if first is None or first == 0:
         raise InputError(f"{refusal} (no such module after its first one in its chain)")
@@ -117,7 +119,8 @@ def cut_backbone_at(backbone: nn.Module, at: str, model_name: str, input_size: t
 
 def _split(backbone: nn.Module, chain: list[tuple[str, nn.Module]], first: int) -> BackboneCut:
     trunk = nn.Sequential(*(m for _, m in chain[:first]))
-    return BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), chain[first][0])
+    at = chain[first][0] if first < len(chain) else HEAD
+    return BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), at)
 
 
 def _checked(cut: BackboneCut, backbone: nn.Module, input_size: tuple[int, int], refusal: str, advice: str) -> BackboneCut:

@@ -64,6 +64,7 @@ from zoomloc.models.encoders import SatTrunks
 from zoomloc.models.place import PlaceConfig, multi_similarity_loss, place_pairs
 from zoomloc.models.registry import ModelConfig, build_model
 from zoomloc.training import distributed
+from zoomloc.training.aggregator_fit import fit_aggregators
 from zoomloc.training.rollout import rollout, rollout_share
 
 METRICS = "metrics.jsonl"
@@ -204,6 +205,8 @@ class _Trainer:
         tc = self.tc
         self.loss_settings = LossSettings(tc.label_smoothing, tc.refine_weight, lost_uniform=tc.rollout_target == "uniform")
         self.train_samples = Samples.from_city(city, "train", grid)
+        if not resume:  # a fresh NetVLAD's centres from training features (a resumed run has them in its state)
+            fit_aggregators(self.model.encoders, self.train_samples, self.pyramid, tc.seed)
         if tc.place.weight and self.model.neighbour_groups is not None:
             raise InputError("train.place and the model's neighbour batches both order the training batches; use one", out / RUN_CONFIG)
         self.train_xy = self.train_samples.xy(grid) if tc.place.weight else None  # the place loss's distances
