@@ -18,6 +18,8 @@ chain is refused in one line instead of trained on wrong features.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +70,7 @@ def _chain(backbone: nn.Module, opening: str | None = None) -> list[tuple[str, n
     and those holding the module named ``opening``."""
     children = list(backbone.named_children())
     names = [n for n, _ in children]
-    if "global_pool" not in names or not hasattr(backbone, "forward_head"):
+    if HEAD not in names or not hasattr(backbone, "forward_head"):
         return []
     chain: list[tuple[str, nn.Module]] = []
 
@@ -81,7 +83,7 @@ def _chain(backbone: nn.Module, opening: str | None = None) -> list[tuple[str, n
         else:
             chain.append((name, module))
 
-    for name, module in children[: names.index("global_pool")]:
+    for name, module in children[: names.index(HEAD)]:
         add(name, module)
     return chain
 
@@ -123,18 +125,25 @@ def _split(backbone: nn.Module, chain: list[tuple[str, nn.Module]], first: int) 
     return BackboneCut(trunk, _Tail(backbone, nn.Sequential(*(m for _, m in chain[first:]))), at)
 
 
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block, then every submodule back in the mode it had (a plain
+    ``train()`` would wake the frozen norm layers that :class:`~zoomloc.models.encoders.ViewEncoders` keeps in eval)."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def _checked(cut: BackboneCut, backbone: nn.Module, input_size: tuple[int, int], refusal: str, advice: str) -> BackboneCut:
     """``cut``, once its halves are seen to compose to ``backbone``'s forward in eval mode; else ``refusal`` and ``advice``."""
-    modes = {m: m.training for m in backbone.modules()}  # frozen norm layers stay in eval (ViewEncoders.train)
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            x = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
-            x = x.to(next(backbone.parameters()).device)
-            same = torch.allclose(cut.tail(cut.trunk(x)), backbone(x), atol=_CHECK_TOLERANCE, rtol=_CHECK_TOLERANCE)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with evaluating(backbone), torch.no_grad():
+        x = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(next(backbone.parameters()).device)
+        same = torch.allclose(cut.tail(cut.trunk(x)), backbone(x), atol=_CHECK_TOLERANCE, rtol=_CHECK_TOLERANCE)
     if not same:
         raise InputError(f"{refusal} (trunk and tail do not compose to its forward){advice}")
     return cut

@@ -18,6 +18,7 @@ from zoomloc.data.samples import Samples
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.models.encoders import ViewEncoders
 from zoomloc.models.pooling import NetVLAD
+from zoomloc.models.trunk import evaluating
 
 FIT_IMAGES = 256  # photos, and map views, whose local features the centres are fitted to
 
@@ -41,31 +42,26 @@ def fit_aggregators(encoders: ViewEncoders, samples: Samples, pyramid: PyramidRe
 def _street_maps(encoders: ViewEncoders, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
     """The last feature maps ``[N·n, C, h, w]`` of drawn training photos' plain crops."""
     rows = rng.choice(len(samples), min(FIT_IMAGES, len(samples)), replace=False)
-    tf, device = encoders.transforms(), next(encoders.parameters()).device
-    images = torch.stack([street_input(samples.image_paths[i], tf) for i in sorted(rows)]).to(device)
+    tf = encoders.transforms()
+    images = torch.stack([street_input(samples.image_paths[i], tf) for i in sorted(rows)])
     return _features(encoders, "street", images.flatten(0, 1))
 
 
 def _sat_maps(encoders: ViewEncoders, pyramid: PyramidReader, rng: np.random.Generator) -> torch.Tensor:
     """The last feature maps ``[N, C, h, w]`` of views drawn from every level, as many of each as it has."""
-    counts = [pyramid.grid.k ** (2 * level) for level in range(pyramid.grid.levels)]
+    counts = [pyramid.grid.n_cells(level) for level in range(pyramid.grid.levels)]
     drawn = np.sort(rng.choice(sum(counts), min(FIT_IMAGES, sum(counts)), replace=False))
     starts = np.cumsum([0, *counts])
-    tf, device = encoders.transforms(), next(encoders.parameters()).device
+    tf = encoders.transforms()
     views = [
         pyramid.views(level, drawn[(drawn >= starts[level]) & (drawn < starts[level + 1])] - starts[level]) for level in range(len(counts))
     ]
-    images = torch.stack([tf.sat(torch.from_numpy(v).permute(2, 0, 1)) for v in np.concatenate(views)]).to(device)
+    images = torch.stack([tf.sat(torch.from_numpy(v).permute(2, 0, 1)) for v in np.concatenate(views)])
     return _features(encoders, "sat", images)
 
 
 def _features(encoders: ViewEncoders, view: str, images: torch.Tensor) -> torch.Tensor:
-    """``view``'s backbone up to its pooling, in eval mode, a batch of 64 at a time."""
-    backbone = encoders.backbone(view)
-    modes = {m: m.training for m in backbone.modules()}
-    backbone.eval()
-    try:
-        return torch.cat([backbone.forward_features(images[i : i + 64]) for i in range(0, len(images), 64)])
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    """``view``'s backbone up to its pooling, in eval mode, on its device, a batch of 64 at a time."""
+    device = next(encoders.parameters()).device
+    with evaluating(encoders.backbone(view)) as backbone:
+        return torch.cat([backbone.forward_features(images[i : i + 64].to(device)) for i in range(0, len(images), 64)])
