@@ -12,9 +12,10 @@ from conftest import REPO  # tests/ is on sys.path under pytest
 from data_prep.split import SplitConfig, split_city
 from zoomloc.cli.main import main
 from zoomloc.core.config import load_yaml
+from zoomloc.data.samples import Samples
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, RECALL_AT_5_M
 from zoomloc.geo.citydir import CityDir
-from zoomloc.geo.pyramid import PyramidSpec, build_pyramid
+from zoomloc.geo.pyramid import PyramidReader, PyramidSpec, build_pyramid
 from zoomloc.pipelines.benchmark import COLUMNS, MEASURES, TRAINED_REFERENCE, BenchmarkConfig
 
 QUICK = REPO / "configs" / "bench_quick.yaml"
@@ -134,6 +135,27 @@ def test_report_sets_the_protocols_side_by_side_then_each_in_full(bench):
         assert all(line.startswith(("- met: ", "- **not met**, short by ", "- **not met**, over by ")) for line in targets)
     for label in ("median error", "latency", "peak memory", "index build", "training time", "## Time and machine"):
         assert label in report
+
+
+def test_report_sets_each_model_beside_itself_with_its_training_photos(bench):
+    results = json.loads((bench / "results.json").read_text())
+    report = (bench / "report.md").read_text()
+    witness = _table(report, "| protocol | zoom | zoom + photos |")
+    pair = lambda recall: f"{recall['50']:.1f} / {recall['100']:.1f}"  # noqa: E731
+    with PyramidReader(bench / "city" / "pyramid.h5") as pyramid:
+        grid = pyramid.grid
+    for protocol, r in results["protocols"].items():
+        zp, rp, near = r["zoom"]["with_photos"], r["retrieval"]["with_photos"], r["nearest_photo"]["recall_at_1"]
+        figures = (r["zoom"], zp, r["retrieval"], rp)  # each per photo → each capture's photos fused
+        assert witness[protocol][:4] == [f"{pair(m['recall_at_1'])} → {pair(m['fused']['recall_at_1'])}" for m in figures]
+        assert witness[protocol][-1] == f"{zp['recall_at_1']['50'] - near['50']:+.1f} / {zp['recall_at_1']['100'] - near['100']:+.1f}"
+        train = Samples.from_city(CityDir(bench / protocol / "city"), "train", grid)
+        assert zp["photos"] == rp["photos"] == len(train)  # every training photo on the map
+        for m in (zp, rp):
+            assert 0 <= m["config"]["weight"] <= 1 and m["val_recall_at_1_50"] >= 0
+    (sequence,) = [s for s in report.split("\n## ") if s.startswith("`sequence`")]
+    fifty = results["protocols"]["sequence"]["zoom"]["with_photos"]["recall_at_1"]["50"]
+    assert f"| R@1 within 50 m, with the training photos (%) | {fifty:.1f} (" in sequence
 
 
 def test_second_run_reuses_the_trained_models(bench, capsys):

@@ -42,9 +42,13 @@ def test_demo_builds_evaluates_and_localizes_held_out_photos(demo):
         "retrieval": retrieval,
         "zoom fused": metrics["fused"],
         "retrieval fused": retrieval["fused"],
+        "zoom + photos": metrics["with_photos"],  # each model with its training photos as a second witness
+        "retrieval + photos": retrieval["with_photos"],
+        "zoom + photos fused": metrics["with_photos"]["fused"],
+        "retrieval + photos fused": retrieval["with_photos"]["fused"],
         **{n.replace("_", " "): m for n, m in metrics["references"].items()},
     }
-    assert [name for name, *_ in rows] == ["zoom", "retrieval", "zoom fused", "retrieval fused", "nearest photo", "random"]
+    assert [name for name, *_ in rows] == list(expected) and list(expected)[-2:] == ["nearest photo", "random"]
     for name, *recalls in rows:
         assert recalls == [f"{expected[name]['recall_at_1'][d]:.1f}" for d in ("25", "50", "100")]
     shown = report[-1]

@@ -11,7 +11,7 @@ import torch
 
 from zoomloc.cli.main import main
 from zoomloc.data.samples import Samples
-from zoomloc.evaluation.evaluate import accuracy, street_embeddings
+from zoomloc.evaluation.evaluate import accuracy
 from zoomloc.evaluation.metrics import RECALL_AT_1_M
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
@@ -78,7 +78,7 @@ def test_teacher_forced_steps_agree_with_greedy_decoding(trained_run, tiny_city,
     city = CityDir(tiny_city)
     loc = Localizer.load(trained_run, city.pyramid_path, cache_dir=tmp_path, progress=False)
     samples = Samples.from_city(city, "test", loc.model.grid)
-    street = street_embeddings(loc, samples, workers=0)
+    street = loc.embed_samples(samples, workers=0)
     _, m = accuracy(loc, street, samples, beam=1)
     tf = loc.index.teacher_forced(street, samples.paths)
     assert m["teacher_forced"] == tf

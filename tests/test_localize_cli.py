@@ -107,6 +107,36 @@ def test_json_gives_one_consistent_record_per_photo(run, tiny_city, photos, tmp_
         assert rec["probability"] == pytest.approx(np.prod([s["probability"] for s in rec["path"]]), rel=1e-5)
 
 
+def test_with_photos_the_training_photos_witness_and_their_fit_is_kept_for_later_calls(run, tiny_city, photos, capsys):
+    fits = lambda: set((tiny_city / "embeddings").glob("photo_prior_*.json"))  # noqa: E731
+    before = fits()
+    assert localize(run, tiny_city, *photos[:2], "--json", "--with-photos", "--beam", "3") == 0
+    first = records(capsys.readouterr().out)
+    (fit,) = fits() - before
+    kept = json.loads(fit.read_text())
+    split = pd.read_csv(tiny_city / "split.csv")
+    assert kept["photos"] == int((split["split"] == "train").sum()) and 0 <= kept["config"]["weight"] <= 1
+    for rec in first:  # answers as the map alone gives them: best first, a path whose steps multiply to the answer's probability
+        probs = [c["probability"] for c in rec["candidates"]]
+        assert probs == sorted(probs, reverse=True) and 0 < rec["probability"] == probs[0] <= 1
+        assert rec["probability"] == pytest.approx(np.prod([s["probability"] for s in rec["path"]]), rel=1e-5)
+    stamp = fit.stat().st_mtime_ns
+    assert localize(run, tiny_city, *photos[:2], "--json", "--with-photos", "--beam", "3") == 0
+    assert records(capsys.readouterr().out) == first and fit.stat().st_mtime_ns == stamp  # read back, not fitted again
+
+
+def test_with_photos_of_a_city_split_anew_is_refused_in_one_line(run, tiny_city, photos, tmp_path, capsys):
+    city = tmp_path / "city"
+    shutil.copytree(tiny_city, city, ignore=shutil.ignore_patterns("embeddings"))
+    split = pd.read_csv(city / "split.csv", dtype={"image_id": str})
+    split["split"] = split["split"].iloc[::-1].to_numpy()  # the same photos, split anew: the model's training photos are unknown
+    split.to_csv(city / "split.csv", index=False)
+    assert localize(run, city, photos[0], "--json", "--with-photos") == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.fullmatch(r"zoomloc localize: error: the model was trained on another split of .*\n", captured.err)
+    assert localize(run, city, photos[0], "--json") == 0  # the map alone still answers
+
+
 @pytest.mark.realdata
 def test_a_photo_taken_off_the_map_is_answered_with_a_warning(run, tiny_city, photos, realdata, tmp_path, capsys):
     """Real photos from Berlin and Lund against the tiny Zürich map: each answer says how far off the map

@@ -18,6 +18,7 @@ from zoomloc.core.errors import ZoomlocError
 
 if TYPE_CHECKING:  # read on the query path only, where it is imported then
     from zoomloc.data.photos import Photo
+    from zoomloc.geo.citydir import CityDir
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -67,6 +68,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         out=args.out,
         with_references=not args.no_references,
         fuse=args.fuse,
+        photos=args.with_photos,
         progress=not args.quiet,
     )
     print(report.describe())
@@ -100,6 +102,12 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="also localize each capture's photos (sequence_id, ordered by captured_at) as one track and report the fused accuracy",
     )
+    p.add_argument(
+        "--with-photos",
+        action="store_true",
+        help="also measure the model with the city's training photos as a second witness (the most similar ones "
+        "at their GPS positions), their weight fitted on the val photos (zoomloc.inference.photo_witness)",
+    )
 
 
 def _localize(args: argparse.Namespace) -> None:
@@ -125,9 +133,13 @@ def _localize(args: argparse.Namespace) -> None:
     if not photos:
         raise ZoomlocError(f"none of the {len(paths)} photos could be read")
     captures = _captures(photos, args) if args.track else None
-    model, pyramid_path = _model_and_pyramid(args)
-    with PyramidReader(pyramid_path) as pyramid:  # opened once: the model's grid is checked on it, the map drawn from it
+    model, city = _model_and_city(args)
+    with PyramidReader(city.pyramid_path) as pyramid:  # opened once: the model's grid is checked on it, the map drawn from it
         loc = Localizer.load(model, pyramid, progress=not args.quiet)
+        if args.with_photos:
+            from zoomloc.inference.photo_witness import with_training_photos
+
+            loc, _ = with_training_photos(loc, model, city, beam=args.beam, progress=not args.quiet)
         truths = [photo.gps for photo in photos]
         if captures is None:
             tracks = []
@@ -221,6 +233,12 @@ def localize_arguments(p: argparse.ArgumentParser) -> None:
         "--geojson", type=Path, default=None, metavar="OUT.geojson", help="also write the answers (and tracks) as GeoJSON, EPSG:4326"
     )
     p.add_argument("--csv", type=Path, default=None, metavar="OUT.csv", help="also write the answers as CSV, a row per photo")
+    p.add_argument(
+        "--with-photos",
+        action="store_true",
+        help="the city's training photos most like each photo as a second witness beside the map, weighted as the "
+        "city's val photos showed best (zoomloc.inference.photo_witness; the fit is kept for later calls)",
+    )
     track = p.add_argument_group("captures (--track): photos of one camera along the streets, localized together; no GPS is used")
     track.add_argument(
         "--track",
@@ -259,8 +277,8 @@ def localize_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_and_pyramid(args: argparse.Namespace) -> tuple[Path, Path]:
-    """``--model`` and ``--city``'s pyramid, or the embedded default's when both are left out."""
+def _model_and_city(args: argparse.Namespace) -> tuple[Path, CityDir]:
+    """``--model`` and ``--city``, or the embedded default's when both are left out."""
     from zoomloc.geo.citydir import CityDir
     from zoomloc.inference.embedded import require_default_demo
 
@@ -268,8 +286,8 @@ def _model_and_pyramid(args: argparse.Namespace) -> tuple[Path, Path]:
         raise ZoomlocError("--model and --city go together: give both, or neither to use the embedded demo model")
     if args.model is None:
         demo = require_default_demo()
-        return demo.model, demo.city.pyramid_path
-    return args.model, CityDir(args.city).pyramid_path
+        return demo.model, demo.city
+    return args.model, CityDir(args.city)
 
 
 def _readable_photos(paths: Sequence[Path]) -> list[Photo]:

@@ -23,7 +23,12 @@ beside it::
      "map_ablation": {"seed": 0, "recall_at_1": {...}, "median_error_m": m,
                       "teacher_forced": {...}},  # the views shuffled among each level's cells
      "fused": {"recall_at_1": {...}, "median_error_m": m, "truth_among_candidates": {...},
-               "captures_mostly_within_50m": %, ...}}  # with --fuse captures: zoomloc.evaluation.tracks
+               "captures_mostly_within_50m": %, ...},  # with --fuse captures: zoomloc.evaluation.tracks
+     "with_photos": {"config": {"neighbours": k, "temperature": t, "weight": w}, "photos": M,
+                     "val_recall_at_1_50": %, "fit_s": s, "recall_at_1": {...}, "recall_at_5": {...},
+                     "median_error_m": m, "fused": {...}}}
+                              # with --with-photos: the model and its M training photos as witnesses
+                              # together (zoomloc.inference.photo_witness), their weight fitted on val
 
 The references put the model's figures in context: the random cell is the floor, the nearest
 training photo the rival that needs no map (:mod:`zoomloc.evaluation.references`).
@@ -48,14 +53,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from zoomloc.core.atomic import atomic_path, write_text
 from zoomloc.core.errors import InputError
-from zoomloc.data.batches import StreetDataset
-from zoomloc.data.photos import quiet_on_sigterm
 from zoomloc.data.samples import Samples
-from zoomloc.data.street_cache import CacheViews, StreetCache
+from zoomloc.data.street_cache import CacheViews
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, summarize_errors
 from zoomloc.evaluation.references import REFERENCE_LABELS, references
 from zoomloc.evaluation.tracks import FUSE_CHOICES, fused_accuracy
@@ -63,6 +65,7 @@ from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import geodesic_m
 from zoomloc.inference.localization import Localization
 from zoomloc.inference.localize import Localizer
+from zoomloc.inference.photo_witness import with_training_photos
 from zoomloc.models.checkpoint import read_info
 from zoomloc.models.embeddings import pyramid_identity
 
@@ -121,6 +124,16 @@ class EvalReport:
                 f"within 50 m for most photos; truth among the candidates within 100 m for {f['truth_among_candidates']['100']:.1f}%; "
                 f"fusion {f['fusion_ms_per_photo']:.2f} ms per photo",
             ]
+        if "with_photos" in m:
+            w, c = m["with_photos"], m["with_photos"]["config"]
+            recall = " / ".join(f"{w['recall_at_1'][d]:.1f}" for d in ("25", "50", "100"))
+            fused = " / ".join(f"{w['fused']['recall_at_1'][d]:.1f}" for d in ("25", "50", "100")) if "fused" in w else None
+            lines.append(
+                f"  + photos  R@1 within 25 / 50 / 100 m {recall}%{f', fused {fused}%' if fused else ''}, median error "
+                f"{w['median_error_m']:.1f} m: with its {w['photos']} training photos as a second witness (weight "
+                f"{c['weight']:g}, temperature {c['temperature']:g}, {c['neighbours']} neighbours; "
+                f"val {w['val_recall_at_1_50']:.1f}% within 50 m)"
+            )
         for name, ref in m.get("references", {}).items():
             recall = " / ".join(f"{ref['recall_at_1'][d]:.1f}" for d in ("25", "50", "100"))
             lines.append(
@@ -146,11 +159,13 @@ def evaluate_run(
     out: str | os.PathLike,
     with_references: bool = True,
     fuse: str | None = None,
+    photos: bool = False,
     progress: bool = True,
 ) -> EvalReport:
     """Evaluate the model of ``model`` (run folder or checkpoint) on ``split`` of ``city_dir``, and the
     references (:mod:`zoomloc.evaluation.references`) on the same photos unless ``with_references`` is off;
-    with ``fuse="captures"``, also each capture's photos fused as one track (:mod:`zoomloc.evaluation.tracks`)."""
+    with ``fuse="captures"``, also each capture's photos fused as one track (:mod:`zoomloc.evaluation.tracks`);
+    with ``photos``, also the model with the city's training photos as a second witness (:func:`with_photos`)."""
     if beam < 1:
         raise InputError(f"--beam must be at least 1, got {beam}")
     if fuse is not None and fuse not in FUSE_CHOICES:
@@ -159,7 +174,7 @@ def evaluate_run(
     out = Path(out)
     loc = Localizer.load(model, city.pyramid_path, progress=progress)
     samples = Samples.from_city(city, split, loc.model.grid)
-    street = street_embeddings(loc, samples, progress=progress)
+    street = loc.embed_samples(samples, progress=progress)
     best, metrics = accuracy(loc, street, samples, beam)
     errors = np.array([r.error_m for r in best])
     has_beam = loc.model.has_beam
@@ -169,15 +184,18 @@ def evaluate_run(
         others = by_beam(loc, street, samples, [b for b in COMPARED_BEAMS if b != beam])
         metrics["by_beam"] = dict(sorted({**decoded, **others}.items(), key=lambda item: int(item[0])))
     metrics["map_ablation"] = map_ablation(loc, street, samples, beam)
-    fused_errors = {}
+    model_errors = {}
     if fuse is not None:
-        metrics["fused"], fused_errors["fused"] = fused_accuracy(loc, street, samples)
+        metrics["fused"], model_errors["fused"] = fused_accuracy(loc, street, samples)
+    info = read_info(model)
+    if photos:
+        metrics["with_photos"], photo_errors = with_photos(loc, model, city, street, samples, beam, fuse, progress)
+        model_errors.update(photo_errors)
     metrics["latency_ms"] = _latency_ms(loc, samples, beam)
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["index_build_s"] = loc.index_build_s
     metrics["pyramid"] = pyramid_identity(city.pyramid_path)
     reference_errors: dict[str, np.ndarray] = {}
-    info = read_info(model)
     if with_references:
         metrics["references"], reference_errors = references(
             city,
@@ -200,7 +218,7 @@ def evaluate_run(
             "pred_lon": [r.lon for r in best],
             "pred_lat": [r.lat for r in best],
             "error_m": errors,
-            **{f"{name}_error_m": e for name, e in {**fused_errors, **reference_errors}.items()},
+            **{f"{name}_error_m": e for name, e in {**model_errors, **reference_errors}.items()},
         }
     )
     with atomic_path(out.parent / "errors.csv") as tmp:
@@ -209,7 +227,7 @@ def evaluate_run(
         {
             "": {
                 metrics["model"]: errors,
-                **{f"{metrics['model']} fused": e for e in fused_errors.values()},
+                **{f"{metrics['model']} {name.replace('_', ' ')}": e for name, e in model_errors.items()},
                 **{name.replace("_", " "): e for name, e in reference_errors.items()},
             }
         },
@@ -233,28 +251,6 @@ def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None
     )
 
 
-@torch.no_grad()
-def street_embeddings(
-    loc: Localizer, samples: Samples, *, workers: int = 2, progress: bool = False, cache: StreetCache | None = None
-) -> torch.Tensor:
-    """Street embeddings ``[N, D]`` of every photo of ``samples`` (no augmentation): the photos encoded,
-    or the tail run on their plain crops' trunk outputs from the street ``cache``."""
-    loc.model.eval()
-    if cache is not None:
-        rows = cache.rows_of(samples.image_ids)
-        chunks = np.array_split(rows, max(1, len(rows) // 256))
-        return torch.cat([loc.model.encode_street(cache.plain(r).to(loc.device), trunk=True) for r in chunks])
-    loader = torch.utils.data.DataLoader(
-        StreetDataset(samples, loc.transforms),
-        batch_size=32,
-        num_workers=workers,
-        worker_init_fn=quiet_on_sigterm,
-        generator=torch.Generator(),
-    )
-    batches = tqdm(loader, desc="encode photos", unit="batch", disable=not progress, leave=False)
-    return torch.cat([loc.model.encode_street(b["image"].to(loc.device)) for b in batches])
-
-
 def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int = 1) -> tuple[list[Localization], dict[str, Any]]:
     """Free-running localization of ``samples`` from their street embeddings: results and accuracy metrics.
 
@@ -266,7 +262,9 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
     top5 = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=5, truths=truths)  # the search widens to 5
     errors = np.array([r.error_m for r in best])
-    top5_errors = np.array([geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat) for r in top5])
+    top5_errors = np.full((len(top5), 5), np.inf)  # a search may give fewer (answers merged): those count as misses
+    for row, r in zip(top5_errors, top5):
+        row[: len(r.candidates)] = geodesic_m([c.lon for c in r.candidates], [c.lat for c in r.candidates], r.true_lon, r.true_lat)
     metrics = summarize_errors(errors, top5_errors, samples.captures)
     metrics.update(loc.index.diagnostics(street, samples.paths, np.array([r.actions for r in best])))
     return best, metrics
@@ -287,6 +285,28 @@ def map_ablation(loc: Localizer, street: torch.Tensor, samples: Samples, beam: i
     _, metrics = accuracy(shuffled, street, samples, beam)
     kept = ("recall_at_1", "recall_at_1_ci95", "median_error_m", "step_accuracy", "teacher_forced")
     return {"seed": ABLATION_SEED, **{k: metrics[k] for k in kept if k in metrics}}
+
+
+def with_photos(
+    loc: Localizer,
+    model: str | os.PathLike,
+    city: CityDir,
+    street: torch.Tensor,
+    samples: Samples,
+    beam: int,
+    fuse: str | None,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The model with the city's training photos as a second witness (:mod:`zoomloc.inference.photo_witness`),
+    fitted on the val photos: the same accuracy (and, with ``fuse``, the fused accuracy) on ``samples``.
+    Returns the ``with_photos`` section of ``metrics.json`` and its errors by column name."""
+    both, witness = with_training_photos(loc, model, city, beam=beam, progress=progress)
+    best, metrics = accuracy(both, street, samples, beam)
+    section = {**witness.to_json(), **{k: metrics[k] for k in ("recall_at_1", "recall_at_1_ci95", "recall_at_5", "median_error_m")}}
+    errors = {"with_photos": np.array([r.error_m for r in best])}
+    if fuse is not None:
+        section["fused"], errors["with_photos_fused"] = fused_accuracy(both, street, samples)
+    return section, errors
 
 
 def by_beam(loc: Localizer, street: torch.Tensor, samples: Samples, beams: list[int]) -> dict[str, dict[str, Any]]:

@@ -29,9 +29,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm import tqdm
 
 from zoomloc.core.errors import InputError
-from zoomloc.data.photos import Photo, load_photo
+from zoomloc.data.batches import StreetDataset
+from zoomloc.data.photos import Photo, load_photo, quiet_on_sigterm
+from zoomloc.data.samples import Samples
+from zoomloc.data.street_cache import StreetCache
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.confidence import guess_warning
@@ -80,11 +84,9 @@ def off_map_warning(grid: ZoomGrid, outside_m: float) -> str:
     )
 
 
-def predicted_positions(grid: ZoomGrid, results: list[BeamResult]) -> tuple[np.ndarray, np.ndarray]:
-    """Lon/lat ``[Q, K]`` of each query's K candidates."""
-    paths = np.stack([r.paths.cpu().numpy() for r in results])
-    offsets = np.stack([r.offsets.cpu().numpy() for r in results]) if results[0].offsets is not None else None
-    return positions_of(grid, paths, offsets)
+def predicted_positions(grid: ZoomGrid, result: BeamResult) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat ``[K]`` of a query's K candidates."""
+    return positions_of(grid, result.paths.cpu().numpy(), None if result.offsets is None else result.offsets.cpu().numpy())
 
 
 class Localizer:
@@ -141,6 +143,25 @@ class Localizer:
             out.append(self.model.encode_street(x))
         return torch.cat(out)
 
+    @torch.no_grad()
+    def embed_samples(self, samples: Samples, *, workers: int = 2, progress: bool = False, cache: StreetCache | None = None) -> Tensor:
+        """Street embeddings ``[N, D]`` of a split's photos (no augmentation): the photos encoded, or the
+        tail run on their plain crops' trunk outputs from the street ``cache``."""
+        self.model.eval()
+        if cache is not None:
+            rows = cache.rows_of(samples.image_ids)
+            chunks = np.array_split(rows, max(1, len(rows) // 256))
+            return torch.cat([self.model.encode_street(cache.plain(r).to(self.device), trunk=True) for r in chunks])
+        loader = torch.utils.data.DataLoader(
+            StreetDataset(samples, self.transforms),
+            batch_size=BATCH,
+            num_workers=workers,
+            worker_init_fn=quiet_on_sigterm,
+            generator=torch.Generator(),
+        )
+        batches = tqdm(loader, desc="encode photos", unit="batch", disable=not progress, leave=False)
+        return torch.cat([self.model.encode_street(b["image"].to(self.device)) for b in batches])
+
     def localize(
         self,
         images: Sequence[Query],
@@ -170,9 +191,9 @@ class Localizer:
         """Localize from precomputed street embeddings ``[N, D]`` (see :meth:`search`)."""
         grid = self.model.grid
         results = self.search(street_emb.to(self.device), beam=beam, topk=topk)
-        lon, lat = predicted_positions(grid, results)
         out = []
         for i, r in enumerate(results):
+            lon, lat = predicted_positions(grid, r)
             paths = r.paths.cpu().numpy()
             probs = r.log_probs.exp().cpu().numpy()
             steps = tuple(
@@ -180,7 +201,7 @@ class Localizer:
                 for level in range(grid.levels)
             )
             candidates = tuple(
-                Candidate(float(lon[i, j]), float(lat[i, j]), float(probs[j]), tuple(int(a) for a in paths[j])) for j in range(len(paths))
+                Candidate(float(lon[j]), float(lat[j]), float(probs[j]), tuple(int(a) for a in paths[j])) for j in range(len(paths))
             )
             truth = truths[i] if truths is not None else None
             outside_m = None if truth is None else grid.outside_m(*truth)
@@ -241,9 +262,11 @@ class Localizer:
             raise InputError(f"candidates must be at least 1, got {candidates}")
         photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths)
         grid = self.model.grid
-        lonlat = np.array([[(c.lon, c.lat) for c in p.candidates] for p in photos])  # [T, K, 2]
+        k = max(len(p.candidates) for p in photos)  # a photo with fewer (answers merged) is padded with probability 0
+        padded = [[*p.candidates, *[p.candidates[0]] * (k - len(p.candidates))] for p in photos]
+        lonlat = np.array([[(c.lon, c.lat) for c in row] for row in padded])  # [T, K, 2]
         x, y = grid.to_xy(lonlat[..., 0], lonlat[..., 1])
-        probs = np.array([[c.probability for c in p.candidates] for p in photos])
+        probs = np.array([[c.probability if j < len(p.candidates) else 0.0 for j, c in enumerate(row)] for p, row in zip(photos, padded)])
         times = np.asarray(times_s, dtype=float)
         start = time.perf_counter()
         fused = fuse(

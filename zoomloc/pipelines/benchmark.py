@@ -83,7 +83,8 @@ class BenchmarkConfig:
 
     ``split`` holds what the protocols share (fractions, seed) and the ``area`` protocol's blocks and
     buffer; each protocol sets ``by`` itself. ``city``, ``zoom`` and ``retrieval`` are config files
-    relative to this config's folder. The first protocol is the headline.
+    relative to this config's folder. The first protocol is the headline. ``photos`` also measures each
+    model with its training photos as a second witness (:mod:`zoomloc.inference.photo_prior`).
     """
 
     city: str = "cities/bench.yaml"
@@ -93,6 +94,7 @@ class BenchmarkConfig:
     zoom: str = "zoom.yaml"
     retrieval: str = "retrieval.yaml"
     beam: int = 1  # the zoom model's beam at evaluation (1: greedy, as the paper)
+    photos: bool = True
 
     def __post_init__(self) -> None:
         if self.beam < 1:
@@ -176,14 +178,23 @@ def _protocol(
         # initial encoder's nearest photo and the random cell are the same for both (the first model's are
         # kept), the nearest photo by the trained street encoder is each model's own.
         evaluation = partial(
-            evaluate_alone, city.root, run, split="test", beam=cfg.beam, out=metrics_path, fuse="captures", progress=progress
+            evaluate_alone,
+            city.root,
+            run,
+            split="test",
+            beam=cfg.beam,
+            out=metrics_path,
+            fuse="captures",
+            photos=cfg.photos,
+            progress=progress,
         )
         stages.run(f"evaluate {kind} ({protocol})", metrics_path.is_file(), evaluation)
         results[kind] = json.loads(metrics_path.read_text())
         table = pd.read_csv(run / "test" / "errors.csv")
         errors[kind] = table["error_m"].to_numpy()
-        if "fused_error_m" in table:
-            errors[f"{kind} fused"] = table["fused_error_m"].to_numpy()
+        for column, name in (("fused", "fused"), ("with_photos", "+ photos")):
+            if f"{column}_error_m" in table:
+                errors[f"{kind} {name}"] = table[f"{column}_error_m"].to_numpy()
         for name, reference in results[kind].pop("references", {}).items():
             if name == TRAINED_REFERENCE:
                 results[kind][name], errors[f"nearest photo ({kind}'s encoder)"] = reference, table[f"{name}_error_m"].to_numpy()
@@ -435,6 +446,52 @@ def _fused_overview(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _photos_overview(results: dict[str, Any]) -> list[str]:
+    """Each model alone against the model with its training photos as a second witness, per photo and fused."""
+    measured = [(p, r) for p, r in results["protocols"].items() if all("with_photos" in r[kind] for kind in KINDS)]
+    if not measured:
+        return []
+    lines = [
+        "Each model with its training photos as a second witness (zoomloc.inference.photo_prior: the most similar training "
+        "photos at their GPS positions beside the model's answers, their weight fitted on the val photos), per photo → fused:",
+        "",
+        "| protocol | zoom | zoom + photos | retrieval | retrieval + photos | nearest photo | zoom + photos − nearest photo |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for protocol, r in measured:
+        both = {kind: r[kind]["with_photos"] for kind in KINDS}
+        cells = [f"{_pair(m)} → {_pair(m['fused'])}" if "fused" in m else _pair(m) for kind in KINDS for m in (r[kind], both[kind])]
+        zp, near = both["zoom"]["recall_at_1"], r["nearest_photo"]["recall_at_1"]
+        margin = f"{zp['50'] - near['50']:+.1f} / {zp['100'] - near['100']:+.1f}"
+        lines.append(f"| {protocol} | " + " | ".join(cells) + f" | {_pair(r['nearest_photo'])} | {margin} |")
+    return [*lines, ""]
+
+
+def _photo_rows(z: dict[str, Any], ret: dict[str, Any], row) -> list[str]:
+    """The protocol table's rows for each model with its training photos, where they were measured."""
+    if "with_photos" not in z or "with_photos" not in ret:
+        return []
+    zp, rp = z["with_photos"], ret["with_photos"]
+    return [
+        *[
+            row(
+                f"R@1 within {d} m, with the training photos (%)",
+                [_with_interval(zp, "recall_at_1", d), _with_interval(rp, "recall_at_1", d), "–", "–"],
+                f"{zp['recall_at_1'][d] - rp['recall_at_1'][d]:+.1f}",
+            )
+            for d in map(str, RECALL_AT_1_M)
+        ],
+        row(
+            "R@1 within 50 / 100 m, with the training photos, fused over captures (%)",
+            [_pair(m["fused"]) if "fused" in m else "–" for m in (zp, rp)] + ["–", "–"],
+        ),
+        row(
+            "the photos' weight / temperature (fitted on val)",
+            [f"{m['config']['weight']:g} / {m['config']['temperature']:g}" for m in (zp, rp)] + ["–", "–"],
+        ),
+    ]
+
+
 def _fused_rows(z: dict[str, Any], ret: dict[str, Any], row) -> list[str]:
     """The protocol table's rows for each capture's test photos fused as one track, where they were measured."""
     if "fused" not in z or "fused" not in ret:
@@ -501,6 +558,7 @@ def _protocol_section(protocol: str, r: dict[str, Any]) -> list[str]:
         *[recall("recall_at_1", str(d)) for d in RECALL_AT_1_M],
         *[recall("recall_at_5", str(d)) for d in RECALL_AT_5_M],
         *_fused_rows(z, ret, row),
+        *_photo_rows(z, ret, row),
         *(
             [
                 row(
@@ -560,6 +618,7 @@ def report_markdown(results: dict[str, Any]) -> str:
             *_overview(results),
             "",
             *_fused_overview(results),
+            *_photos_overview(results),
             *[line for protocol, r in results["protocols"].items() for line in _protocol_section(protocol, r)],
             "## Time and machine",
             "",

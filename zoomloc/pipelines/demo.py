@@ -65,7 +65,7 @@ def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -
     stages.run(
         "evaluation",
         demo.metrics.is_file(),
-        lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, fuse="captures", progress=progress),
+        lambda: evaluate_run(demo.city.root, demo.model, split="test", out=demo.metrics, fuse="captures", photos=True, progress=progress),
     )
     stages.run(
         "retrieval evaluation",
@@ -77,6 +77,7 @@ def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -
             out=demo.retrieval_metrics,
             with_references=False,
             fuse="captures",
+            photos=True,
             progress=progress,
         ),
     )
@@ -90,12 +91,18 @@ def comparison(demo: DemoPaths) -> str:
         "zoom": zoom,
         "retrieval": retrieval,
         **{f"{name} fused": m["fused"] for name, m in (("zoom", zoom), ("retrieval", retrieval)) if "fused" in m},
+        **{f"{name} + photos": m["with_photos"] for name, m in (("zoom", zoom), ("retrieval", retrieval)) if "with_photos" in m},
+        **{
+            f"{name} + photos fused": m["with_photos"]["fused"]
+            for name, m in (("zoom", zoom), ("retrieval", retrieval))
+            if "fused" in m.get("with_photos", {})
+        },
         **{name.replace("_", " "): m for name, m in zoom["references"].items()},
     }
     lines = [f"on the {zoom['n_queries']} held-out test photos, R@1 within 25 / 50 / 100 m and median error:"]
     for name, m in rows.items():
         r = m["recall_at_1"]
-        lines.append(f"  {name:<15} {r['25']:5.1f} / {r['50']:5.1f} / {r['100']:5.1f} %   {m['median_error_m']:7.1f} m")
+        lines.append(f"  {name:<24} {r['25']:5.1f} / {r['50']:5.1f} / {r['100']:5.1f} %   {m['median_error_m']:7.1f} m")
     return "\n".join(lines)
 
 

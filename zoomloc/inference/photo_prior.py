@@ -1,0 +1,186 @@
+"""The city's geotagged photos as a second witness beside the map.
+
+A model trained on a city's street photos reads the map; the same photos, kept with their GPS
+positions, can also be asked directly: which of them looks most like the query? On the bench
+city's ``photo`` protocol each witness alone is right (within 50 m) for about half of the test
+photos, and one of the two is right for 68 % of them (``benchmarks/results/bench/NOTES.md``):
+they fail on different photos, and each knows when it is sure. So a query's answer weighs both:
+
+- the model's candidates (a zoom's beam, a retrieval's best cells) with their calibrated
+  probabilities, times ``1 − weight``;
+- the ``neighbours`` training photos most similar to the query (cosine of the model's own street
+  embeddings), at their recorded positions, with a softmax of their similarities at
+  ``temperature``, times ``weight``.
+
+Candidates closer than :data:`SAME_ANSWER_CELLS` terminal cells are the same answer (a photo
+inside a cell lies that close to its centre, the centres of two neighbouring cells do not): each is
+scored by the mass that close to it, the best is taken with everything around it (its position their
+mass-weighted mean, so photos pull a cell's centre towards where they were taken), and so on
+(non-maximum suppression). The result is a :class:`~zoomloc.models.base.MapIndex` like any other,
+so evaluation, a capture's fusion, the CLI and the map use it unchanged. ``temperature`` and
+``weight`` are chosen on validation photos (:func:`fit_photo_prior`), as the model's own
+temperature is; :mod:`zoomloc.inference.photo_witness` builds it for a city.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoomloc.geo.grid import ZoomGrid
+from zoomloc.models.base import MapIndex
+from zoomloc.models.beam import BeamResult
+
+SIMILARITY_CHUNK = 2**24  # query × photo similarities computed at once (64 MB of float32)
+SAME_ANSWER_CELLS = 0.75  # candidates this many terminal cells apart or closer are one answer
+FIT_TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.1)
+FIT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class PhotoPriorConfig:
+    """How much the training photos say about a query (see the module docstring)."""
+
+    neighbours: int = 16  # the most similar training photos consulted per query
+    temperature: float = 0.03  # of the softmax over their cosine similarities
+    weight: float = 0.5  # the photos' share of the evidence; the model keeps 1 − weight
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or not self.temperature > 0 or not 0 <= self.weight <= 1:
+            raise ValueError(f"need neighbours ≥ 1, temperature > 0 and weight in [0, 1], got {self}")
+
+
+@dataclass(frozen=True)
+class PhotoDatabase:
+    """Training photos as the model sees them: unit street embeddings ``[M, D]`` and positions ``[M, 2]``
+    (grid metres, as recorded: a GPS fix, not the truth)."""
+
+    embeddings: Tensor
+    xy: np.ndarray
+
+    @classmethod
+    def of(cls, street: Tensor, lon: np.ndarray, lat: np.ndarray, grid: ZoomGrid) -> PhotoDatabase:
+        """The photos with street embeddings ``[M, D]`` taken at ``lon``/``lat`` that lie on ``grid``'s map."""
+        x, y = grid.to_xy(lon, lat)
+        inside = grid.contains_xy(x, y)
+        if not inside.any():
+            raise ValueError("a photo database needs at least one photo on the map")
+        keep = torch.as_tensor(np.flatnonzero(inside))
+        return cls(F.normalize(street[keep].float(), dim=-1), np.stack([x[inside], y[inside]], axis=-1))
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @torch.no_grad()
+    def nearest(self, street: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarities and rows ``[Q, k']`` (k' = min(k, M)) of each query's k most similar photos, best first."""
+        k = min(k, len(self))
+        queries = F.normalize(street.float().to(self.embeddings.device), dim=-1)
+        parts = [(q @ self.embeddings.T).topk(k, dim=1) for q in queries.split(max(1, SIMILARITY_CHUNK // len(self)))]
+        return torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
+
+
+class PhotoPriorIndex(MapIndex):
+    """A model's index with the training photos as a second witness (see the module docstring)."""
+
+    def __init__(self, inner: MapIndex, photos: PhotoDatabase, grid: ZoomGrid, cfg: PhotoPriorConfig):
+        self.inner, self.photos, self.grid, self.cfg = inner, photos, grid, cfg
+
+    @property
+    def temperature(self) -> float:  # the model's own (what its probabilities are read at)
+        return self.inner.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.inner.temperature = value
+
+    def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+        """The ``topk`` best answers of each query ``[Q, D]`` by both witnesses; the model's own search takes
+        ``beam`` and ``topk`` as asked (a zoom's greedy answer stays one candidate)."""
+        model = self.inner.search(street, beam=beam, topk=topk)
+        sims, rows = self.photos.nearest(street, self.cfg.neighbours)
+        return [combine(self.grid, r, self.photos.xy[rw], s, self.cfg, topk) for r, s, rw in zip(model, sims, rows)]
+
+    def shuffled(self, seed: int) -> PhotoPriorIndex:
+        """The model's map ablation; the photos are no map and keep their places."""
+        return PhotoPriorIndex(self.inner.shuffled(seed), self.photos, self.grid, self.cfg)
+
+    @property
+    def embedding_bytes(self) -> int:
+        return self.inner.embedding_bytes + self.photos.embeddings.numel() * self.photos.embeddings.element_size()
+
+    def calibration_logits(self, street: Tensor, truth: np.ndarray) -> tuple[Tensor, Tensor]:
+        return self.inner.calibration_logits(street, truth)
+
+
+def candidate_xy(grid: ZoomGrid, result: BeamResult) -> np.ndarray:
+    """Grid metres ``[n, 2]`` of a search result's candidates: their cells' centres, moved by their offsets."""
+    x, y = grid.centre_xy_of_path(result.paths.cpu().numpy())
+    xy = np.stack([x, y], axis=-1)
+    if result.offsets is not None:  # cell sides, dx east and dy south
+        xy = xy + result.offsets.cpu().numpy() * np.array([1.0, -1.0]) * grid.terminal_m
+    return xy
+
+
+def combine(grid: ZoomGrid, model: BeamResult, photo_xy: np.ndarray, sims: np.ndarray, cfg: PhotoPriorConfig, topk: int) -> BeamResult:
+    """One query's answers from the model's candidates and its most similar photos (positions ``[k, 2]``,
+    similarities ``[k]``, best first; the first ``cfg.neighbours`` are read): non-maximum suppression over
+    every candidate point, merging what lies close to the best (see the module docstring)."""
+    photo_xy, sims = photo_xy[: cfg.neighbours], sims[: cfg.neighbours]
+    photo_mass = np.exp((sims - sims.max()) / cfg.temperature)
+    xy = np.concatenate([candidate_xy(grid, model), photo_xy])
+    model_mass = np.maximum(model.log_probs.double().exp().cpu().numpy(), np.finfo(float).tiny)  # an answer even if it underflows
+    mass = np.concatenate([(1 - cfg.weight) * model_mass, cfg.weight * photo_mass / photo_mass.sum()])
+    near = np.linalg.norm(xy[:, None] - xy[None], axis=-1) <= SAME_ANSWER_CELLS * grid.terminal_m
+    free = mass > 0
+    points, probs = [], []
+    while len(points) < topk and free.any():
+        support = np.where(free, (near & free[None]) @ mass, -1.0)
+        members = near[int(np.argmax(support))] & free
+        probs.append(mass[members].sum())
+        points.append(mass[members] @ xy[members] / probs[-1])
+        free &= ~members
+    points, probs = np.array(points), np.array(probs)
+    paths = grid.path_of_xy(points[:, 0], points[:, 1])
+    cx, cy = grid.centre_xy_of_path(paths)
+    offsets = np.stack([points[:, 0] - cx, cy - points[:, 1]], axis=-1) / grid.terminal_m
+    return BeamResult(
+        torch.as_tensor(paths),
+        torch.as_tensor(np.log(probs), dtype=torch.float32),
+        torch.as_tensor(_step_probs(paths, probs), dtype=torch.float32),
+        torch.as_tensor(offsets, dtype=torch.float32),
+    )
+
+
+def _step_probs(paths: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``[n, L]``: the answers' mass in each level's cell of an answer over that in its parent (the first
+    level's over 1, the last the answer's own over its parent's), so that a row's product is its probability."""
+    prefix = [[probs[(paths[:, :n] == p[:n]).all(1)].sum() for n in range(1, paths.shape[1])] for p in paths]
+    chain = np.concatenate([np.ones((len(paths), 1)), np.array(prefix).reshape(len(paths), -1), probs[:, None]], axis=1)
+    return chain[:, 1:] / chain[:, :-1]
+
+
+def fit_photo_prior(
+    index: MapIndex, photos: PhotoDatabase, grid: ZoomGrid, street: Tensor, truth_xy: np.ndarray, *, within_m: float, beam: int = 1
+) -> tuple[PhotoPriorConfig, dict[str, float]]:
+    """The temperature and weight under which ``index`` and ``photos`` place most validation queries (street
+    embeddings ``[Q, D]``, true positions ``[Q, 2]`` in grid metres) within ``within_m`` at ``beam``; ties go
+    to the smaller weight (the model alone unless the photos add). Returns it and each pair's share (%)."""
+    model = index.search(street, beam=beam, topk=1)
+    base = PhotoPriorConfig()
+    sims, rows = photos.nearest(street, base.neighbours)
+    tried: dict[str, float] = {}
+    best, best_share = replace(base, weight=0.0), -1.0
+    for weight, temperature in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES):
+        cfg = replace(base, weight=weight, temperature=temperature)
+        answers = np.stack([candidate_xy(grid, combine(grid, r, photos.xy[rw], s, cfg, 1))[0] for r, s, rw in zip(model, sims, rows)])
+        share = float(np.mean(np.linalg.norm(answers - truth_xy, axis=1) <= within_m))
+        tried[f"weight {weight:g}, temperature {temperature:g}"] = 100 * share
+        if share > best_share:
+            best, best_share = cfg, share
+    return best, tried
