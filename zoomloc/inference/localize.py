@@ -65,13 +65,18 @@ def _name(query: Query) -> str:
     return getattr(query, "filename", "") or "<image>" if isinstance(query, Image.Image) else str(query)
 
 
-def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Lon/lat of terminal cells' centres, moved by ``offsets`` (cell sides, dx east, dy south) if given."""
+def positions_xy(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grid metres of terminal cells' centres, moved by ``offsets`` (cell sides, dx east, dy south) if given."""
     x, y = grid.centre_xy_of_path(paths)
     if offsets is not None:
         x = x + offsets[..., 0] * grid.terminal_m
         y = y - offsets[..., 1] * grid.terminal_m
-    return grid.to_lonlat(x, y)
+    return x, y
+
+
+def positions_of(grid: ZoomGrid, paths: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of terminal cells' centres, moved by ``offsets`` (:func:`positions_xy`)."""
+    return grid.to_lonlat(*positions_xy(grid, paths, offsets))
 
 
 def off_map_warning(grid: ZoomGrid, outside_m: float) -> str:
@@ -263,10 +268,10 @@ class Localizer:
         photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths)
         grid = self.model.grid
         k = max(len(p.candidates) for p in photos)  # a photo with fewer (answers merged) is padded with probability 0
-        padded = [[*p.candidates, *[p.candidates[0]] * (k - len(p.candidates))] for p in photos]
-        lonlat = np.array([[(c.lon, c.lat) for c in row] for row in padded])  # [T, K, 2]
+        pad = [k - len(p.candidates) for p in photos]
+        lonlat = np.array([[(c.lon, c.lat) for c in (*p.candidates, *[p.candidates[0]] * n)] for p, n in zip(photos, pad)])  # [T, K, 2]
         x, y = grid.to_xy(lonlat[..., 0], lonlat[..., 1])
-        probs = np.array([[c.probability if j < len(p.candidates) else 0.0 for j, c in enumerate(row)] for p, row in zip(photos, padded)])
+        probs = np.array([[c.probability for c in p.candidates] + [0.0] * n for p, n in zip(photos, pad)])
         times = np.asarray(times_s, dtype=float)
         start = time.perf_counter()
         fused = fuse(

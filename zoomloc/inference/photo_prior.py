@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoomloc.geo.grid import ZoomGrid
+from zoomloc.inference.localize import positions_xy
 from zoomloc.models.base import MapIndex
 from zoomloc.models.beam import BeamResult
 
@@ -120,11 +121,8 @@ class PhotoPriorIndex(MapIndex):
 
 def candidate_xy(grid: ZoomGrid, result: BeamResult) -> np.ndarray:
     """Grid metres ``[n, 2]`` of a search result's candidates: their cells' centres, moved by their offsets."""
-    x, y = grid.centre_xy_of_path(result.paths.cpu().numpy())
-    xy = np.stack([x, y], axis=-1)
-    if result.offsets is not None:  # cell sides, dx east and dy south
-        xy = xy + result.offsets.cpu().numpy() * np.array([1.0, -1.0]) * grid.terminal_m
-    return xy
+    offsets = None if result.offsets is None else result.offsets.cpu().numpy()
+    return np.stack(positions_xy(grid, result.paths.cpu().numpy(), offsets), axis=-1)
 
 
 def combine(grid: ZoomGrid, model: BeamResult, photo_xy: np.ndarray, sims: np.ndarray, cfg: PhotoPriorConfig, topk: int) -> BeamResult:

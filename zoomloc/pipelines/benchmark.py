@@ -467,20 +467,25 @@ def _photos_overview(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _recall_rows(zoom: dict[str, Any], retrieval: dict[str, Any], how: str, row) -> list[str]:
+    """A protocol table's R@1 rows, with intervals and the zoom − retrieval margin, of both models measured ``how``."""
+    return [
+        row(
+            f"R@1 within {d} m, {how} (%)",
+            [_with_interval(zoom, "recall_at_1", d), _with_interval(retrieval, "recall_at_1", d), "–", "–"],
+            f"{zoom['recall_at_1'][d] - retrieval['recall_at_1'][d]:+.1f}",
+        )
+        for d in map(str, RECALL_AT_1_M)
+    ]
+
+
 def _photo_rows(z: dict[str, Any], ret: dict[str, Any], row) -> list[str]:
     """The protocol table's rows for each model with its training photos, where they were measured."""
     if "with_photos" not in z or "with_photos" not in ret:
         return []
     zp, rp = z["with_photos"], ret["with_photos"]
     return [
-        *[
-            row(
-                f"R@1 within {d} m, with the training photos (%)",
-                [_with_interval(zp, "recall_at_1", d), _with_interval(rp, "recall_at_1", d), "–", "–"],
-                f"{zp['recall_at_1'][d] - rp['recall_at_1'][d]:+.1f}",
-            )
-            for d in map(str, RECALL_AT_1_M)
-        ],
+        *_recall_rows(zp, rp, "with the training photos", row),
         row(
             "R@1 within 50 / 100 m, with the training photos, fused over captures (%)",
             [_pair(m["fused"]) if "fused" in m else "–" for m in (zp, rp)] + ["–", "–"],
@@ -497,15 +502,7 @@ def _fused_rows(z: dict[str, Any], ret: dict[str, Any], row) -> list[str]:
     if "fused" not in z or "fused" not in ret:
         return []
     zf, rf = z["fused"], ret["fused"]
-    fused = [
-        row(
-            f"R@1 within {d} m, fused over captures (%)",
-            [_with_interval(zf, "recall_at_1", d), _with_interval(rf, "recall_at_1", d), "–", "–"],
-            f"{zf['recall_at_1'][d] - rf['recall_at_1'][d]:+.1f}",
-        )
-        for d in map(str, RECALL_AT_1_M)
-    ]
-    return fused + [
+    return _recall_rows(zf, rf, "fused over captures", row) + [
         row("median error, fused (m)", [f"{m['median_error_m']:.1f}" for m in (zf, rf)] + ["–", "–"]),
         row(
             f"truth among the {zf['candidates']} candidates within 50 / 100 m (%)",

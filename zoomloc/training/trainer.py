@@ -26,6 +26,7 @@ A run folder holds ``config.yaml``, ``best.safetensors``, ``last.safetensors`` +
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -172,6 +173,7 @@ def train(
         distributed.teardown()
 
 
+@functools.cache
 def cpu_computes_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates it and
     ``cpu_bf16`` would cost instead of paying: the zoom policy's step on a Xeon with AVX512 but neither
