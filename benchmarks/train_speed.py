@@ -5,7 +5,8 @@ The baseline is ``configs/zoom.yaml`` as it trained before the cache (commit 559
 its photos, and back-propagates through the street encoder's last two stages. The cached runs
 are ``configs/zoom.yaml`` with its encoders cut as each row of :data:`CACHED` says: both tails
 training on cached trunk outputs (the street cache and the satellite trunk cache, GeM pooling),
-the street tail alone, and nothing but the policy (``freeze: all``). The one-off cache builds are
+the street tail alone, NetVLAD on both encoders' frozen stride-32 maps (``configs/zoom_vlad.yaml``'s
+cut: the aggregators train, the backbones are cached), and nothing but the policy (``freeze: all``). The one-off cache builds are
 timed apart; all code paths share today's encoders (channels-last convolutions).
 Everything is measured in one run, on one machine: run it on an idle one (several
 torch processes on 2 cores slow each other down far more than twice).
@@ -42,6 +43,7 @@ BASELINE = ({"freeze": "all_but_last_2", "sat_freeze": "all", "pool": "avg"}, {"
 CACHED = {  # row: the encoders' cut (train settings as configured)
     "both tails (all_but_last_1, GeM)": {"freeze": "all_but_last_1", "sat_freeze": "all_but_last_1", "pool": "gem"},
     "street tail (all_but_last_1)": {"freeze": "all_but_last_1", "sat_freeze": "all", "pool": "avg"},
+    "NetVLAD on both (keep_blocks 6, all)": {"freeze": "all", "sat_freeze": "all", "pool": "netvlad", "keep_blocks": 6},
     "policy alone (all)": {"freeze": "all", "sat_freeze": "all", "pool": "avg"},
 }
 
@@ -54,7 +56,7 @@ def throughput(city: CityDir, cfg: RunConfig, window: int, out: Path) -> float:
     return [r["img_per_s"] for r in records if "img_per_s" in r][1]
 
 
-def variant(cfg: RunConfig, encoder: dict[str, str], train: dict[str, int | bool] | None = None) -> RunConfig:
+def variant(cfg: RunConfig, encoder: dict[str, Any], train: dict[str, int | bool] | None = None) -> RunConfig:
     """``cfg`` with ``encoder`` and ``train`` settings changed."""
     model = dataclasses.replace(cfg.model, encoder=dataclasses.replace(cfg.model.encoder, **encoder))
     return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, **(train or {})))
