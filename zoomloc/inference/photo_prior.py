@@ -174,7 +174,9 @@ def fit_photo_prior(
     sims, rows = photos.nearest(street, base.neighbours)
     tried: dict[str, float] = {}
     best, best_share = replace(base, weight=0.0), -1.0
-    for weight, temperature in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES):
+    # weight 0 is the model alone at any temperature: tried once
+    pairs = [(0.0, FIT_TEMPERATURES[0]), *((w, t) for w, t in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES) if w > 0)]
+    for weight, temperature in pairs:
         cfg = replace(base, weight=weight, temperature=temperature)
         answers = np.stack([candidate_xy(grid, combine(grid, r, photos.xy[rw], s, cfg, 1))[0] for r, s, rw in zip(model, sims, rows)])
         share = float(np.mean(np.linalg.norm(answers - truth_xy, axis=1) <= within_m))
