@@ -6,7 +6,8 @@ its photos, and back-propagates through the street encoder's last two stages. Th
 are ``configs/zoom.yaml`` with its encoders cut as each row of :data:`CACHED` says: both tails
 training on cached trunk outputs (the street cache and the satellite trunk cache, GeM pooling),
 the street tail alone, NetVLAD on both encoders' frozen stride-32 maps (``configs/zoom_vlad.yaml``'s
-cut: the aggregators train, the backbones are cached), and nothing but the policy (``freeze: all``). The one-off cache builds are
+cut: the aggregators train, the backbones are cached), nothing but the policy and its cell head
+(``freeze: all``, the config's ``match_dim``), and the policy without the cell head. The one-off cache builds are
 timed apart; all code paths share today's encoders (channels-last convolutions).
 Everything is measured in one run, on one machine: run it on an idle one (several
 torch processes on 2 cores slow each other down far more than twice).
@@ -40,11 +41,13 @@ from zoomloc.training.trainer import RunConfig, load_run_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = ({"freeze": "all_but_last_2", "sat_freeze": "all", "pool": "avg"}, {"batch_size": 32, "cache_views": 0, "cpu_bf16": False})
-CACHED = {  # row: the encoders' cut (train settings as configured)
-    "both tails (all_but_last_1, GeM)": {"freeze": "all_but_last_1", "sat_freeze": "all_but_last_1", "pool": "gem"},
-    "street tail (all_but_last_1)": {"freeze": "all_but_last_1", "sat_freeze": "all", "pool": "avg"},
-    "NetVLAD on both (keep_blocks 6, all)": {"freeze": "all", "sat_freeze": "all", "pool": "netvlad", "keep_blocks": 6},
-    "policy alone (all)": {"freeze": "all", "sat_freeze": "all", "pool": "avg"},
+FROZEN = {"freeze": "all", "sat_freeze": "all", "pool": "avg"}
+CACHED = {  # row: the encoders' cut and the policy's settings changed (train settings as configured)
+    "both tails (all_but_last_1, GeM)": ({"freeze": "all_but_last_1", "sat_freeze": "all_but_last_1", "pool": "gem"}, {}),
+    "street tail (all_but_last_1)": ({"freeze": "all_but_last_1", "sat_freeze": "all", "pool": "avg"}, {}),
+    "NetVLAD on both (keep_blocks 6, all)": ({"freeze": "all", "sat_freeze": "all", "pool": "netvlad", "keep_blocks": 6}, {}),
+    "policy and cell head (all)": (FROZEN, {}),
+    "policy alone (all, match_dim 0)": (FROZEN, {"match_dim": 0}),
 }
 
 
@@ -56,9 +59,14 @@ def throughput(city: CityDir, cfg: RunConfig, window: int, out: Path) -> float:
     return [r["img_per_s"] for r in records if "img_per_s" in r][1]
 
 
-def variant(cfg: RunConfig, encoder: dict[str, Any], train: dict[str, int | bool] | None = None) -> RunConfig:
-    """``cfg`` with ``encoder`` and ``train`` settings changed."""
-    model = dataclasses.replace(cfg.model, encoder=dataclasses.replace(cfg.model.encoder, **encoder))
+def variant(
+    cfg: RunConfig, encoder: dict[str, Any], train: dict[str, int | bool] | None = None, policy: dict[str, int] | None = None
+) -> RunConfig:
+    """``cfg`` with ``encoder``, ``train`` and ``policy`` settings changed."""
+    m = cfg.model
+    model = dataclasses.replace(
+        m, encoder=dataclasses.replace(m.encoder, **encoder), policy=dataclasses.replace(m.policy, **(policy or {}))
+    )
     return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, **(train or {})))
 
 
@@ -94,16 +102,17 @@ def main() -> None:
     results: dict[str, Any] = {"city": str(city.root), "window_steps": args.window}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        results["cache_build"] = cache_build_s(city, variant(cfg, CACHED["both tails (all_but_last_1, GeM)"]))
+        results["cache_build"] = cache_build_s(city, variant(cfg, CACHED["both tails (all_but_last_1, GeM)"][0]))
         baseline = throughput(city, base, max(2, args.window // 4), tmp / "baseline")  # ~1 s a step: fewer of them
         results["baseline_photos_per_s"] = baseline
         results["baseline"] = {"config": f"{args.config} with {BASELINE}"}
         results["cached"] = {}
-        for i, (name, encoder) in enumerate(CACHED.items()):
-            cached = variant(cfg, encoder)
+        for i, (name, (encoder, policy)) in enumerate(CACHED.items()):
+            cached = variant(cfg, encoder, policy=policy)
             rate = throughput(city, cached, args.window, tmp / str(i))
             results["cached"][name] = {
                 "encoder": encoder,
+                "policy": policy,
                 "photos_per_s": rate,
                 "speedup": rate / baseline,
                 "batch_size": cached.train.batch_size,

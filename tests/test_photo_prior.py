@@ -88,6 +88,16 @@ def test_the_database_keeps_the_photos_on_the_map_and_finds_the_most_similar():
         PhotoDatabase.of(street[2:], lon[2:], lat[2:], GRID)
 
 
+def test_the_database_compares_photos_and_queries_by_the_models_place_embedding():
+    """Photos and queries both go through ``place``: here it drops a third feature that would decide otherwise."""
+    lon, lat = GRID.to_lonlat(np.array([500_100.0, 500_200.0]), np.array([4_999_900.0, 4_999_800.0]))
+    street, query = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 10.0]]), torch.tensor([[0.2, 1.0, 0.0]])
+    assert PhotoDatabase.of(street, lon, lat, GRID).nearest(query, k=1)[1][0, 0] == 0
+    db = PhotoDatabase.of(street, lon, lat, GRID, place=lambda x: x[:, :2])
+    assert db.embeddings.shape == (2, 2) and torch.allclose(db.embeddings.norm(dim=1), torch.ones(2))
+    assert db.nearest(query, k=1)[1][0, 0] == 1
+
+
 @pytest.fixture(scope="module")
 def witnessed(trained_run, tiny_city):
     """The tiny city's trained zoom, its training photos and its val and test photos' embeddings."""

@@ -85,3 +85,24 @@ def test_the_two_nearest_photos_read_the_initial_and_the_trained_tail(tiny_city)
     )
     assert not np.allclose(errors["nearest_photo_trained"], errors["nearest_photo"]), "the trained reference reads the trained tail"
     assert set(metrics) == {"nearest_photo", "nearest_photo_trained", "random"}
+
+
+def test_a_frozen_zoom_has_a_trained_reference_only_with_its_cell_head(tiny_city):
+    """With frozen encoders the zoom's street embedding never trains (no trained reference); its cell head's
+    embedding is what it compares photos by, so with one the trained reference is that head's."""
+    from zoomloc.evaluation.references import references
+    from zoomloc.models.policy import PolicyConfig
+    from zoomloc.models.zoom import ZoomModel
+
+    city = CityDir(tiny_city)
+    with PyramidReader(city.pyramid_path) as pyr:
+        grid = pyr.grid
+    val = Samples.from_city(city, "val", grid)
+    frozen = dataclasses.replace(ENCODER, freeze="all")
+    found = {}
+    for match_dim in (0, 8):
+        model = ZoomModel(frozen, PolicyConfig(width=32, layers=1, heads=2, match_dim=match_dim), grid).eval()
+        found[match_dim] = references(city, grid, model, val, split="val", initial_weights="efficientnet-lite0")[1]
+    assert set(found[0]) == {"nearest_photo", "random"}
+    assert set(found[8]) == {"nearest_photo", "nearest_photo_trained", "random"}
+    assert not np.array_equal(found[8]["nearest_photo_trained"], found[8]["nearest_photo"])

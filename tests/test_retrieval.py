@@ -20,7 +20,8 @@ from zoomloc.geo.grid import geodesic_m
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.localize import Localizer
 from zoomloc.models.checkpoint import load_model, save_checkpoint
-from zoomloc.models.retrieval import RetrievalModel, contrastive_logits, info_nce
+from zoomloc.models.contrastive import contrastive_logits, info_nce
+from zoomloc.models.retrieval import RetrievalModel
 from zoomloc.training.trainer import load_run_config
 
 STEPS = 100

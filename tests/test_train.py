@@ -20,8 +20,10 @@ from conftest import changed_sat_weights, untimed_records, write_run_config  # t
 from data_prep.split import SplitConfig, split_city
 from zoomloc.cli.main import main
 from zoomloc.core.errors import ConfigError
+from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.localize import Localizer
+from zoomloc.inference.photo_witness import with_training_photos
 from zoomloc.models.checkpoint import load_model, save_checkpoint
 from zoomloc.models.registry import build_model
 from zoomloc.training.trainer import load_run_config
@@ -237,6 +239,44 @@ def test_training_satellite_encoder_and_refinement_head(tiny_city, tmp_path):
     r = loc.localize(sorted((tiny_city / "streetview" / "images").glob("*.jpg"))[:1], beam=1, topk=1)[0]
     cx, cy = model.grid.centre_lonlat_of_path(np.array(r.actions))
     assert (r.lon, r.lat) != (float(cx), float(cy))
+
+
+def test_a_zoom_with_a_cell_head_learns_a_place_embedding_beside_the_same_policy(tiny_city, tmp_path):
+    """The cell head trains against the terminal cells' crops and gives the zoom a place embedding of its own;
+    the policy starts from the weights it would have without the head, and rollouts are refused with it."""
+    with PyramidReader(tiny_city / "pyramid.h5") as pyr:
+        grid = pyr.grid
+    plain = load_run_config(write_run_config(tmp_path)).model
+    matched = dataclasses.replace(plain, policy=dataclasses.replace(plain.policy, match_dim=16))
+    torch.manual_seed(0)
+    without = build_model(plain, grid).policy.state_dict()
+    torch.manual_seed(0)
+    model = build_model(matched, grid)
+    assert all(torch.equal(v, without[k]) for k, v in model.policy.state_dict().items())
+    assert model.sat_prefixes == tuple(range(grid.levels + 1)) and "street_head.weight" in model.state_dict()
+
+    config = tmp_path / "match.yaml"
+    config.write_text(
+        "model:\n"
+        "  encoder: {street_size: [32, 64], sat_size: 32, freeze: all}\n"
+        "  policy: {width: 32, layers: 1, heads: 2, match_dim: 16}\n"
+        "train: {steps: 20, batch_size: 16, val_every: 20, val_queries: 16, log_every: 10, workers: 0}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_city), "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert all("match_acc" in r for r in _records(out) if "loss" in r)
+    trained, _ = load_model(out)
+    street = torch.randn(5, trained.encoders.num_features)
+    place = trained.place_embedding(street)
+    assert place.shape == (5, 16) and torch.allclose(place.norm(dim=-1), torch.ones(5))
+    run_cfg = load_run_config(config)
+    torch.manual_seed(run_cfg.train.seed)  # as training seeds before it builds its model
+    assert not torch.equal(trained.street_head.weight, build_model(run_cfg.model, grid).street_head.weight)
+    loc = Localizer.load(out, tiny_city / "pyramid.h5", progress=False)
+    witnessed, _ = with_training_photos(loc, out, CityDir(tiny_city), workers=0)
+    assert witnessed.index.photos.embeddings.shape[1] == 16, "the witness compares photos by the cell head"
+    with pytest.raises(ValueError, match="no cell head"):
+        dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, rollout=0.5))
 
 
 def test_sizes_the_zoom_model_derives_are_refused_when_a_config_disagrees(tiny_city, tmp_path):

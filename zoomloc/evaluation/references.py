@@ -9,8 +9,9 @@
   there. Its features are the model's street encoder as it was before training (its initial
   weights, e.g. ImageNet's; its input size), pooled, compared by cosine similarity, exact
   search; the answer is the recorded GPS position of the best match.
-- **nearest photo, trained encoder** (``nearest_photo_trained``): the same search on the street
-  embeddings the model learned (a retrieval model's: after its projection head). It shows the
+- **nearest photo, trained encoder** (``nearest_photo_trained``): the same search on the place
+  embeddings the model learned (:meth:`~zoomloc.models.base.LocalizationModel.place_embedding`: a
+  retrieval model's street embedding after its projection head, a zoom's cell head's). It shows the
   place recognition a model's training bought on its own, apart from the map: an encoder that
   matches places across captures finds the training photos of the same place. Left out where it
   finds what the initial encoder finds (a street embedding that never trained).
@@ -77,7 +78,7 @@ def references(
         initial = initial_copy(model.encoders, initial_weights)
         searches = {"nearest_photo": (initial, lambda x: initial.encode_street(x, trunk=True))}
         if model.encoder_cfg.freeze != "none":  # a street encoder trained whole has no trunk to read from the cache
-            searches["nearest_photo_trained"] = (model.encoders, lambda x: model.encode_street(x, trunk=True))
+            searches["nearest_photo_trained"] = (model.encoders, lambda x: model.place_embedding(model.encode_street(x, trunk=True)))
         for name, (encoders, embed) in searches.items():
             metrics[name], errors[name] = nearest_photo_metrics(
                 city, encoders, train, queries, embed=embed, split=split, cache_views=cache_views, workers=workers, progress=progress

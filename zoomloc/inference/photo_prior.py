@@ -8,9 +8,9 @@ they fail on different photos, and each knows when it is sure. So a query's answ
 
 - the model's candidates (a zoom's beam, a retrieval's best cells) with their calibrated
   probabilities, times ``1 − weight``;
-- the ``neighbours`` training photos most similar to the query (cosine of the model's own street
-  embeddings), at their recorded positions, with a softmax of their similarities at
-  ``temperature``, times ``weight``.
+- the ``neighbours`` training photos most similar to the query (cosine of the model's place
+  embeddings, :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), at their recorded
+  positions, with a softmax of their similarities at ``temperature``, times ``weight``.
 
 Candidates closer than :data:`SAME_ANSWER_CELLS` terminal cells are the same answer (a photo
 inside a cell lies that close to its centre, the centres of two neighbouring cells do not): each is
@@ -25,6 +25,7 @@ temperature is; :mod:`zoomloc.inference.photo_witness` builds it for a city.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,32 +59,44 @@ class PhotoPriorConfig:
 
 @dataclass(frozen=True)
 class PhotoDatabase:
-    """Training photos as the model sees them: unit street embeddings ``[M, D]`` and positions ``[M, 2]``
-    (grid metres, as recorded: a GPS fix, not the truth)."""
+    """Training photos as the model compares them: unit place embeddings ``[M, D']`` and positions ``[M, 2]``
+    (grid metres, as recorded: a GPS fix, not the truth). ``place`` maps a street embedding to its place
+    embedding (the model's :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), so that queries
+    come as the model's search takes them."""
 
     embeddings: Tensor
     xy: np.ndarray
+    place: Callable[[Tensor], Tensor] | None = None
 
     @classmethod
-    def of(cls, street: Tensor, lon: np.ndarray, lat: np.ndarray, grid: ZoomGrid) -> PhotoDatabase:
+    def of(
+        cls, street: Tensor, lon: np.ndarray, lat: np.ndarray, grid: ZoomGrid, place: Callable[[Tensor], Tensor] | None = None
+    ) -> PhotoDatabase:
         """The photos with street embeddings ``[M, D]`` taken at ``lon``/``lat`` that lie on ``grid``'s map."""
         x, y = grid.to_xy(lon, lat)
         inside = grid.contains_xy(x, y)
         if not inside.any():
             raise ValueError("a photo database needs at least one photo on the map")
         keep = torch.as_tensor(np.flatnonzero(inside))
-        return cls(F.normalize(street[keep].float(), dim=-1), np.stack([x[inside], y[inside]], axis=-1))
+        return cls(place_keys(street[keep], place), np.stack([x[inside], y[inside]], axis=-1), place)
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     @torch.no_grad()
     def nearest(self, street: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarities and rows ``[Q, k']`` (k' = min(k, M)) of each query's k most similar photos, best first."""
+        """Cosine similarities and rows ``[Q, k']`` (k' = min(k, M)) of the k photos most like each query (street
+        embeddings ``[Q, D]``), best first."""
         k = min(k, len(self))
-        queries = F.normalize(street.float().to(self.embeddings.device), dim=-1)
+        queries = place_keys(street, self.place).to(self.embeddings.device)
         parts = [(q @ self.embeddings.T).topk(k, dim=1) for q in queries.split(max(1, SIMILARITY_CHUNK // len(self)))]
         return torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
+
+
+@torch.no_grad()
+def place_keys(street: Tensor, place: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """Unit place embeddings ``[Q, D']`` of street embeddings ``[Q, D]`` (``place`` None: the street embeddings)."""
+    return F.normalize((street if place is None else place(street)).float(), dim=-1)
 
 
 class PhotoPriorIndex(MapIndex):

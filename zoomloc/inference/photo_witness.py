@@ -64,7 +64,8 @@ def with_training_photos(
         cache = street_cache(loc.model.encoders, city, cv.augment, views=cv.views, seed=cv.seed, workers=workers, progress=progress)
     train, val = Samples.from_city(city, "train", grid), Samples.from_city(city, "val", grid)
     try:
-        database = PhotoDatabase.of(loc.embed_samples(train, cache=cache, workers=workers), train.lon, train.lat, grid)
+        street = loc.embed_samples(train, cache=cache, workers=workers)
+        database = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding)
         fit_path = city.embeddings_dir / f"photo_prior_{_key(model_path, city, beam)}.json"
         if fit_path.is_file():
             kept = json.loads(fit_path.read_text())

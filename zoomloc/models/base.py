@@ -102,6 +102,11 @@ class LocalizationModel(nn.Module, ABC):
     def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
         """Street embeddings ``[B, D]`` of photos, or of their cached trunk outputs (``trunk``)."""
 
+    def place_embedding(self, street: Tensor) -> Tensor:
+        """What two photos are compared by (the photo witness, the nearest-photo reference, the place loss), from
+        their street embeddings ``[B, D]``: these themselves unless a kind has an embedding trained for it."""
+        return street
+
     @abstractmethod
     def loss(self, out: Any, paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
         """The training loss of ``forward``'s output against ``paths``, and what to log of the step

@@ -40,6 +40,11 @@ class PolicyConfig:
     mlp_ratio: int = 4
     dropout: float = 0.1
     refine: bool = False  # predict the camera's offset inside the terminal cell
+    # The cell head beside the policy (:class:`~zoomloc.models.contrastive.CellHeads`): street and
+    # terminal-cell embeddings of match_dim (0: none) trained with InfoNCE, weighted by match_weight
+    # beside the zoom's cross-entropy; what the photo witness compares photos by.
+    match_dim: int = 0
+    match_weight: float = 1.0
     embed_dim: int | None = None  # the encoder's feature size (EfficientNet-Lite0: 1280)
     k: int | None = None
     levels: int | None = None
@@ -52,6 +57,8 @@ class PolicyConfig:
             raise ValueError("sizes must be positive and k >= 2")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.match_dim < 0 or self.match_weight < 0:
+            raise ValueError(f"match_dim and match_weight must be ≥ 0, got {self.match_dim} and {self.match_weight}")
 
     @property
     def actions(self) -> int:

@@ -2,36 +2,29 @@
 
 The zoom model's rival, built to differ from it in the method only: the same view encoders
 (:func:`zoomloc.models.encoders.build_encoder`, one :class:`~zoomloc.models.encoders.EncoderConfig`: backbone,
-weights, image sizes, freezing), a linear head per view to ``dim`` and L2 normalisation.
-Training pulls each photo towards its terminal cell's context crop and away from every other
-pair of its batch (symmetric InfoNCE, learnable temperature). The database is every terminal
-cell's context crop; a query is answered by exact cosine search — one matrix product — and the
-most similar cell's centre is the answer.
-
-False negatives: two photos of one terminal cell in a batch have the same satellite crop, so
-each would be the other's "negative" although it is the very image of its own positive.
-:func:`contrastive_logits` masks those pairs out. Masking rather than batches of unique cells:
-forbidding repeats would under-sample the cells with many photos and tie the batching to the
-kind of model, while the mask costs one comparison of the batch's cells.
+weights, image sizes, freezing), a linear head per view to ``dim`` and L2 normalisation
+(:class:`~zoomloc.models.contrastive.CellHeads`). Training pulls each photo towards its terminal
+cell's context crop and away from every other pair of its batch (symmetric InfoNCE, learnable
+temperature, pairs of one cell masked). The database is every terminal cell's context crop; a
+query is answered by exact cosine search — one matrix product — and the most similar cell's
+centre is the answer.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
 from zoomloc.models.beam import BeamResult
+from zoomloc.models.contrastive import MAX_LOGIT_SCALE, CellHeads, info_nce, own_pair_accuracy
 from zoomloc.models.embeddings import SatEmbeddings
 from zoomloc.models.encoders import EncoderConfig, SatTrunks
 
-MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: a temperature below 0.01 makes the loss unstable
 SEARCH_CHUNK = 1 << 22  # similarities held at once (queries × cells) by exact search
 
 
@@ -60,7 +53,7 @@ class RetrievalConfig:
             raise ValueError(f"neighbour_radius_m must be positive, got {self.neighbour_radius_m}")
 
 
-class RetrievalModel(LocalizationModel):
+class RetrievalModel(CellHeads, LocalizationModel):
     """Street and satellite encoders with a projection head each, and the similarity scale."""
 
     kind = "retrieval"
@@ -68,29 +61,17 @@ class RetrievalModel(LocalizationModel):
 
     def __init__(self, encoder: EncoderConfig, settings: RetrievalConfig, grid: ZoomGrid):
         super().__init__(encoder, settings, grid)
-        features, dim = self.encoders.num_features, settings.dim
-        self.street_head = nn.Linear(features, dim)
-        self.sat_head = nn.Linear(features, dim)
-        # Learned in log space, as CLIP: the scale stays positive and moves by ratios.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / settings.init_temperature)))
+        self._add_cell_heads(self.encoders.num_features, settings.dim, settings.init_temperature)
 
     @property
     def sat_prefixes(self) -> tuple[int, ...]:
         """The satellite input of a training sample: its full path's view, the terminal context crop."""
         return (self.grid.levels,)
 
-    def scale(self) -> Tensor:
-        """The similarity scale (1 / temperature), clamped at :data:`MAX_LOGIT_SCALE`."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-
     def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
         """Unit-length embeddings ``[B, dim]`` of street images, or of their cached trunk outputs
         (``trunk``; see :meth:`ViewEncoders.encode_street`)."""
-        return F.normalize(self.street_head(self.encoders.encode_street(images, trunk=trunk)), dim=-1)
-
-    def embed_sat(self, features: Tensor) -> Tensor:
-        """Unit-length embeddings ``[..., dim]`` of satellite backbone features ``[..., D]`` (e.g. cached)."""
-        return F.normalize(self.sat_head(features), dim=-1)
+        return self.match_street(self.encoders.encode_street(images, trunk=trunk))
 
     def forward(
         self, images: Tensor, paths: Tensor, sats: Tensor | SatTrunks, *, trunk: bool = False, with_street: bool = False
@@ -104,17 +85,15 @@ class RetrievalModel(LocalizationModel):
         encoder trains, the crop ``[B, 1, 3, s, s]`` or its cached trunk output (:class:`SatTrunks`),
         encoded here, so that DDP sees it.
         """
-        sat = self.embed_sat(self.encoders.sat_features(sats)[:, 0])
+        sat = self.encoders.sat_features(sats)[:, 0]
         street = self.encode_street(images, trunk=trunk)
-        logits = contrastive_logits(street, sat, self.scale(), _cell_ids(paths, self.grid.k))
+        logits = self.cell_logits(street, sat, paths, self.grid.k)
         return (logits, street) if with_street else logits
 
     def loss(self, out: Tensor, paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
         """Symmetric InfoNCE; acc: photos whose own crop is the most similar of the batch; the temperature."""
-        logits = out.float()
-        own = torch.arange(len(logits), device=logits.device)
-        stats = {"acc": (logits.argmax(1) == own).float().mean().item(), "temperature": 1 / self.scale().item()}
-        return info_nce(logits), stats
+        stats = {"acc": own_pair_accuracy(out), "temperature": 1 / self.scale().item()}
+        return info_nce(out.float()), stats
 
     @torch.no_grad()
     def index(self, sat: SatEmbeddings) -> RetrievalIndex:
@@ -130,36 +109,6 @@ class RetrievalModel(LocalizationModel):
     def batch_multiple(cls, settings: RetrievalConfig) -> int:
         """A group of neighbours must not be cut between batches."""
         return settings.neighbour_group if settings.neighbour_batching else 1
-
-
-def _cell_ids(paths: Tensor, k: int) -> Tensor:
-    """One integer per path ``[B, L]``, equal for equal paths (the path read as a base-k² number)."""
-    weights = (k * k) ** torch.arange(paths.shape[1] - 1, -1, -1, device=paths.device)
-    return (paths * weights).sum(1)
-
-
-# ---------------------------------------------------------------------- loss
-def contrastive_logits(street: Tensor, sat: Tensor, logit_scale: Tensor | float, cells: Tensor | None = None) -> Tensor:
-    """Scaled cosine similarities ``[B, B]`` of photos (rows) and satellite crops (columns), in float32.
-
-    With ``cells`` (``[B]``, each pair's terminal cell), a photo's similarity to another pair's
-    crop of its own cell is masked (-inf): that crop is its own positive's image, no negative.
-    The mask is symmetric, so columns (crop → photos) are masked alike.
-    """
-    logits = logit_scale * street.float() @ sat.float().T
-    if cells is not None:
-        same = (cells[:, None] == cells[None, :]) & ~torch.eye(len(cells), dtype=torch.bool, device=cells.device)
-        logits = logits.masked_fill(same, float("-inf"))
-    return logits
-
-
-def info_nce(logits: Tensor) -> Tensor:
-    """Symmetric InfoNCE of in-batch logits ``[B, B]`` (pair i on the diagonal): photo → crop and crop → photo.
-
-    No label smoothing (unlike the zoom steps): it would spread target mass onto masked pairs.
-    """
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 # ---------------------------------------------------------------------- search

@@ -16,6 +16,7 @@ when given no ``--model``/``--city`` (:mod:`zoomloc.inference.embedded` finds it
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,21 +85,21 @@ def run_demo(out_dir: Path, config: Path | None = None, progress: bool = True) -
     return [*stages.report, comparison(demo), _localize_held_out(demo, cfg)]
 
 
+# The demo's rows of each model: a row name's suffix, and where its metrics lie in metrics.json.
+VARIANTS = {"": (), " fused": ("fused",), " + photos": ("with_photos",), " + photos fused": ("with_photos", "fused")}
+
+
 def comparison(demo: DemoPaths) -> str:
     """The zoom model against the retrieval baseline and the two references, on the same test photos."""
     zoom, retrieval = (json.loads(path.read_text()) for path in (demo.metrics, demo.retrieval_metrics))
+    models = {"zoom": zoom, "retrieval": retrieval}
     rows = {
-        "zoom": zoom,
-        "retrieval": retrieval,
-        **{f"{name} fused": m["fused"] for name, m in (("zoom", zoom), ("retrieval", retrieval)) if "fused" in m},
-        **{f"{name} + photos": m["with_photos"] for name, m in (("zoom", zoom), ("retrieval", retrieval)) if "with_photos" in m},
-        **{
-            f"{name} + photos fused": m["with_photos"]["fused"]
-            for name, m in (("zoom", zoom), ("retrieval", retrieval))
-            if "fused" in m.get("with_photos", {})
-        },
-        **{name.replace("_", " "): m for name, m in zoom["references"].items()},
+        f"{name}{suffix}": found
+        for suffix, keys in VARIANTS.items()
+        for name, m in models.items()
+        if (found := functools.reduce(lambda d, key: d.get(key, {}), keys, m))
     }
+    rows.update({name.replace("_", " "): m for name, m in zoom["references"].items()})
     lines = [f"on the {zoom['n_queries']} held-out test photos, R@1 within 25 / 50 / 100 m and median error:"]
     for name, m in rows.items():
         r = m["recall_at_1"]

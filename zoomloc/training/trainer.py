@@ -132,7 +132,7 @@ class RunConfig:
         if t.batch_size % multiple:
             raise ValueError(f"train.batch_size {t.batch_size} must be a multiple of {multiple} for this {m.kind} model's batches")
         if t.rollout and not m.model_class.supports_rollout(m.settings, m.encoder):
-            raise ValueError("train.rollout applies to zoom models with a frozen satellite encoder and no refinement")
+            raise ValueError("train.rollout applies to zoom models with a frozen satellite encoder, no refinement and no cell head")
         if t.place.weight and t.batch_size % 2:
             raise ValueError(f"train.place pairs photos in batches: train.batch_size must be even, got {t.batch_size}")
         if t.cache_views and (m.encoder.trainable_groups("street") is None or m.encoder.trainable_groups("sat") is None):
@@ -402,7 +402,7 @@ class _Trainer:
         loss, objective_stats = self.model.loss(out, targets, {**batch, "lost": lost}, self.loss_settings)
         stats.update(objective_stats)
         if place.weight:
-            place_loss = self._place_loss(street, batch["index"].numpy())
+            place_loss = self._place_loss(self.model.place_embedding(street), batch["index"].numpy())
             loss = loss + place.weight * place_loss
             stats["place"] = place_loss.item()
         self.optimizer.zero_grad(set_to_none=True)
