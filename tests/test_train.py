@@ -273,6 +273,7 @@ def test_a_zoom_with_a_cell_head_learns_a_place_embedding_beside_the_same_policy
     torch.manual_seed(run_cfg.train.seed)  # as training seeds before it builds its model
     assert not torch.equal(trained.street_head.weight, build_model(run_cfg.model, grid).street_head.weight)
     loc = Localizer.load(out, tiny_city / "pyramid.h5", progress=False)
+    assert loc.index.sat.terminal is None, "the head's crops train it; a query process does not load them"
     witnessed, _ = with_training_photos(loc, out, CityDir(tiny_city), workers=0)
     assert witnessed.index.photos.embeddings.shape[1] == 16, "the witness compares photos by the cell head"
     with pytest.raises(ValueError, match="no cell head"):

@@ -134,7 +134,7 @@ class Localizer:
         model, info = load_model(model_path, device)
         with PyramidReader(pyramid) if not isinstance(pyramid, PyramidReader) else nullcontext(pyramid) as pyr:
             pyr.check_grid(model.grid)
-            sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.sat_prefixes, progress=progress)
+            sat = cached_embeddings(model.encoders, pyr, cache_dir, lengths=model.searched_prefixes, progress=progress)
         val = info.get("val", {})
         return cls(model, sat, device, guess_factor=val.get("guess_factor"), temperature=val.get("temperature", 1.0))
 

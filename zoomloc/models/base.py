@@ -98,6 +98,12 @@ class LocalizationModel(nn.Module, ABC):
     def sat_prefixes(self) -> tuple[int, ...]:
         """The lengths of the path prefixes whose views a training sample's satellite input holds."""
 
+    @property
+    def searched_prefixes(self) -> tuple[int, ...]:
+        """The lengths of the path prefixes whose views its index reads (what a query process loads): its
+        training ones, unless a kind trains on views it never searches."""
+        return self.sat_prefixes
+
     @abstractmethod
     def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
         """Street embeddings ``[B, D]`` of photos, or of their cached trunk outputs (``trunk``)."""

@@ -11,8 +11,8 @@ with the same frozen satellite weights share one cache file, and the head can tr
 features.
 
 The cache holds every table, for any model; a model reads only those it uses (its
-``sat_prefixes``): a zoom model the levels, a retrieval model the terminal crops, which at
-100 km² are most of the file.
+``sat_prefixes`` to train, its ``searched_prefixes`` to answer): a zoom model the levels, a
+retrieval model the terminal crops, which at 100 km² are most of the file.
 
 HDF5 layout (``zoomloc embed``)::
 

@@ -67,6 +67,12 @@ class ZoomModel(CellHeads, LocalizationModel):
         terminal = self.settings.refine or bool(self.settings.match_dim)
         return tuple(range(self.grid.levels + (1 if terminal else 0)))
 
+    @property
+    def searched_prefixes(self) -> tuple[int, ...]:
+        """The levels the beam decodes over, plus the terminal context crop when refining (a cell head's crops
+        only train it)."""
+        return tuple(range(self.grid.levels + (1 if self.settings.refine else 0)))
+
     def encode_street(self, images: Tensor, *, trunk: bool = False) -> Tensor:
         return self.encoders.encode_street(images, trunk=trunk)
 
@@ -111,8 +117,7 @@ class ZoomModel(CellHeads, LocalizationModel):
         return loss, stats
 
     def index(self, sat: SatEmbeddings) -> ZoomIndex:
-        decoded = tuple(range(self.grid.levels + (1 if self.settings.refine else 0)))  # a cell head's crops are not searched
-        return ZoomIndex(self.policy, sat.only(decoded))
+        return ZoomIndex(self.policy, sat.only(self.searched_prefixes))
 
     @classmethod
     def supports_rollout(cls, settings: PolicyConfig, encoder: EncoderConfig) -> bool:
