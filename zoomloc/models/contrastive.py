@@ -68,7 +68,8 @@ def cell_ids(paths: Tensor, k: int) -> Tensor:
 
 
 def contrastive_logits(street: Tensor, sat: Tensor, logit_scale: Tensor | float, cells: Tensor | None = None) -> Tensor:
-    """Scaled cosine similarities ``[B, B]`` of photos (rows) and satellite crops (columns), in float32.
+    """Scaled cosine similarities ``[B, B]`` of photos (rows) and satellite crops (columns), in float32 (under
+    autocast the product comes in its lower precision: a loss casts them back, as the retrieval model's does).
 
     With ``cells`` (``[B]``, each pair's terminal cell), a photo's similarity to another pair's
     crop of its own cell is masked (-inf): that crop is its own positive's image, no negative.
