@@ -18,10 +18,10 @@ here first (but only the benchmark says whether it localizes).
 benchmark's); each ``--encoder`` is a zoomloc checkpoint whose street encoder is measured as it trained
 (its own input size and pooling).
 
-The generator paints every photo's ground with the orthophoto's own colours, cast shadows included
-(``data_prep.capture``: the shadows keep the orthophoto's one sun), so all captures of a street share
-its shadows, as no two real captures at other hours do. The row "cast shadows of another sun" says how
-much an encoder leans on that: a street encoder that recognises places should not care.
+Each capture casts the shadows of its own sun (``data_prep.capture.CAPTURE_SUNS``), so "light" moves
+them too. The row "cast shadows of another sun" renders the frames with everything but the ground's and
+roofs' shadows as they were: how much an encoder leans on shadows alone (a street encoder that
+recognises places should not care).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_prep.capture import sample_sequences
+from data_prep.capture import capture_surfaces, sample_sequences
 from data_prep.overhead import Sun, surface_colours
 from data_prep.scene import build_scene
 from data_prep.street import StreetRenderer, Views, encode_jpeg
@@ -48,7 +48,7 @@ from zoomloc.models.encoders import EncoderConfig, ViewEncoders, build_encoder
 from zoomloc.pipelines.benchmark import machine
 
 REPO = Path(__file__).resolve().parents[1]
-LIGHT = ("sun_east", "sun_north", "overcast", "wet")
+LIGHT = ("sun_east", "sun_north", "overcast", "wet", "light")
 CAMERA = ("gain", "gamma", "tint", "blur", "noise", "vignette", "quality")
 LENS = ("fov_deg", "cam_h", "pitch_deg", "roll_deg")
 TRAFFIC = ("vehicles", "pedestrians")
@@ -133,17 +133,18 @@ def main() -> None:
     cfg = SynthCityConfig.from_yaml(REPO / args.city_config)
     t0 = time.perf_counter()
     scene = build_scene(cfg.scene, cfg.size_m, cfg.gsd, cfg.seed)
-    surface = surface_colours(scene, cfg.sun, cfg.seed)
     rng = np.random.default_rng(args.seed)
-    frames = sample_sequences(scene, cfg.camera, cfg.capture, cfg.sun, 20 * args.poses, rng).views
+    frames = sample_sequences(scene, cfg.camera, cfg.capture, 20 * args.poses, rng).views
     base = frames.subset(np.sort(rng.choice(len(frames), args.poses, replace=False)))
     other = frames.subset(rng.permutation(len(frames))[: args.poses])  # each frame another one's conditions
-    renderer = StreetRenderer(scene, surface, cfg.camera)
+    surfaces = capture_surfaces(scene, frames, cfg.seed)
+    renderer = StreetRenderer(scene, surfaces, cfg.camera)
     originals = render(renderer, base, 1)
     # The originals themselves first: every one must find itself, or the rows do not line up.
     factors = {"identical (the check: 100 %)": originals}
     factors |= {name: render(renderer, views, 2) for name, views in factor_views(base, other, cfg.gsd).items()}
-    shadows = StreetRenderer(scene, surface_colours(scene, OTHER_SUN, cfg.seed), cfg.camera)
+    other_sun = surface_colours(scene, OTHER_SUN, cfg.seed)
+    shadows = StreetRenderer(scene, dict.fromkeys(surfaces, other_sun), cfg.camera)
     factors["cast shadows of another sun"] = render(shadows, base, 2)
     render_s = time.perf_counter() - t0
 

@@ -1,11 +1,13 @@
 """How much of a synthetic photo's place its ground's shadows give away, with no training at all.
 
-The generator paints every street photo's ground with the orthophoto's own colours, cast shadows
-included (``data_prep.capture``: the shadows keep the orthophoto's one sun), so every capture of a
-street shows the same shadows, as no two real captures at other hours do. This probe measures what
-that likeness is worth to a method that looks at the ground: each of ``--frames`` fresh frames of a
-synthetic city's captures is rendered twice, with the orthophoto's shadows (as the city's photos
-are) and with those of another sun, and its ground is matched against the whole orthophoto:
+Until the seventeenth session the generator painted every street photo's ground with the
+orthophoto's own colours, cast shadows included, so every capture of a street showed the same
+shadows, as no two real captures at other hours do; now each capture casts its own sun's
+(``data_prep.capture.CAPTURE_SUNS``). This probe measures what that likeness was worth to a method
+that looks at the ground, and that it is gone: each of ``--frames`` fresh frames of a synthetic
+city's captures is rendered three times, with the orthophoto's shadows (as the city's photos were),
+with its capture's own sun's (as they are) and with those of one other sun, and its ground is
+matched against the whole orthophoto:
 
 - the ground below the horizon, ``--near`` to ``--far`` metres ahead, is projected to a north-up
   bird's-eye view at ``--gsd`` metres by the frame's heading and field of view (a flat ground, the
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from capture_factors import OTHER_SUN, REPO, render  # benchmarks/ is the script's folder
 
-from data_prep.capture import sample_sequences
+from data_prep.capture import capture_surfaces, sample_sequences
 from data_prep.overhead import surface_colours
 from data_prep.scene import build_scene
 from data_prep.street import StreetRenderer, Views
@@ -123,11 +125,13 @@ def main() -> None:
     scene = build_scene(cfg.scene, cfg.size_m, cfg.gsd, cfg.seed)
     surface = surface_colours(scene, cfg.sun, cfg.seed)  # the orthophoto, before its sensor noise
     rng = np.random.default_rng(args.seed)
-    frames = sample_sequences(scene, cfg.camera, cfg.capture, cfg.sun, 20 * args.frames, rng).views
+    frames = sample_sequences(scene, cfg.camera, cfg.capture, 20 * args.frames, rng).views
     views = frames.subset(np.sort(rng.choice(len(frames), args.frames, replace=False)))
+    own = capture_surfaces(scene, views, cfg.seed)
     renderings = {
-        "the orthophoto's shadows (as the city's photos)": StreetRenderer(scene, surface, cfg.camera),
-        "another sun's shadows": StreetRenderer(scene, surface_colours(scene, OTHER_SUN, cfg.seed), cfg.camera),
+        "the orthophoto's shadows (as the city's photos were)": StreetRenderer(scene, dict.fromkeys(own, surface), cfg.camera),
+        "the capture's own sun's (as the city's photos are)": StreetRenderer(scene, own, cfg.camera),
+        "another sun's shadows": StreetRenderer(scene, dict.fromkeys(own, surface_colours(scene, OTHER_SUN, cfg.seed)), cfg.camera),
     }
     photos = {name: [p.permute(1, 2, 0).numpy() for p in render(r, views, 1)] for name, r in renderings.items()}
     n = surface.shape[0] // step * step

@@ -97,6 +97,8 @@ def cast_shadows(height: np.ndarray, gsd: float, sun: Sun) -> np.ndarray:
     shift = 1
     while shift <= 2 * longest + 1:
         dr, dc = int(round(-north * shift)), int(round(east * shift))
+        if abs(dr) >= reach.shape[0] or abs(dc) >= reach.shape[1]:
+            break  # a low sun's shadows reach past the grid: no cell pairs that far apart
         travelled = np.hypot(dr, dc)
         dst, src = _shifted(reach.shape, dr, dc)
         np.maximum(reach[dst], reach[src] - np.float32(drop * travelled), out=reach[dst])

@@ -8,9 +8,11 @@ are then shaded from what they hit:
 * walls: the building's facade colour (from the small shared palette), lit by the sun
   according to the wall's facing, with windows placed in world coordinates (floor height,
   position along the wall), so the same building looks the same from every camera;
-* roofs and tree crowns: the very colours of the orthophoto (:func:`surface_colours`);
-* the ground: the orthophoto colour where the pixel's ray meets the ground plane, so lane
-  markings, shadows, grass and water are where the overhead view has them;
+* roofs and tree crowns: the colours of the scene's top surface (:func:`surface_colours`) lit
+  by the photo's own sun (``Views.light`` picks one of the renderer's surfaces);
+* the ground: that surface's colour where the pixel's ray meets the ground plane, so lane
+  markings, grass and water are where the overhead view has them, and cast shadows where the
+  photo's sun puts them (the orthophoto's only when the photo is taken in its light);
 * the sky: a gradient above the horizon; far things fade into haze.
 
 Then passing vehicles (not in the orthophoto, as in real imagery), exposure and colour shifts,
@@ -20,6 +22,7 @@ blur and noise make photos that cannot be matched pixel for pixel.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -102,6 +105,7 @@ class Views:
     quality: np.ndarray  # JPEG quality
     vehicles: np.ndarray  # mean number of vehicles in the photo
     pedestrians: np.ndarray  # mean number of pedestrians in the photo
+    light: np.ndarray  # which of the renderer's surfaces (one per sun: shading, cast shadows) lights the photo
 
     def __len__(self) -> int:
         return self.row.size
@@ -137,6 +141,7 @@ def sample_views(scene: Scene, params: CameraParams, sun: Sun, n: int, rng: np.r
         quality=np.full(n, params.jpeg_quality),
         vehicles=np.full(n, params.vehicles),
         pedestrians=np.zeros(n),
+        light=np.zeros(n, dtype=np.int64),
     )
 
 
@@ -161,6 +166,7 @@ class _Camera:
     dn: np.ndarray  # (W,) north
     sun: np.ndarray  # (2,) float32 (east, north) towards the sun
     overcast: float
+    surface: np.ndarray  # (n·n, 3) uint8: the top surface in this photo's light
 
     def grid_at(self, depth: np.ndarray, cols: np.ndarray, gsd: float) -> tuple[np.ndarray, np.ndarray]:
         """Grid (row, col) of the points at ``depth`` metres along the columns ``cols``."""
@@ -168,16 +174,21 @@ class _Camera:
 
 
 class StreetRenderer:
-    """Renders photos of one scene; holds flat views of its grids and the shared colours."""
+    """Renders photos of one scene; holds flat views of its grids and the shared colours.
 
-    def __init__(self, scene: Scene, surface: np.ndarray, params: CameraParams):
+    ``surfaces`` are the scene's top surface in each light a photo can be taken in (a photo's
+    ``Views.light`` indexes them): one for photos in the orthophoto's light, one per capture sun
+    for captures at other hours, whose cast shadows then fall where their own sun puts them.
+    """
+
+    def __init__(self, scene: Scene, surfaces: Mapping[int, np.ndarray], params: CameraParams):
         self.scene = scene
         self.params = params
         self._height = scene.height.reshape(-1)
         self._cls = scene.cls.reshape(-1)
         self._material = scene.material.reshape(-1)
         self._facing = scene.facing.reshape(-1)
-        self._surface = surface.reshape(-1, 3)
+        self._surfaces = {light: surface.reshape(-1, 3) for light, surface in surfaces.items()}
         self._facade = (MATERIALS[:, 0][:, None, :] * TONES[None, :, None]).reshape(-1, 3)
         self._z = _depths(scene.gsd, params.max_distance_m)
 
@@ -199,6 +210,7 @@ class StreetRenderer:
             (np.cos(psi) / np.cos(alpha)).astype(np.float32),
             np.array([views.sun_east[i], views.sun_north[i]], dtype=np.float32),
             float(views.overcast[i]),
+            self._surfaces[int(views.light[i])],
         )
 
     def _cells(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +270,7 @@ class StreetRenderer:
         colour = np.zeros((rows.size, 3), dtype=np.float32)
         for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
             cell, inside = self._cells(r0 + dr, c0 + dc)
-            colour += w * np.where(inside[:, None], self._surface[cell], OUTSIDE_RGB)
+            colour += w * np.where(inside[:, None], cam.surface[cell], OUTSIDE_RGB)
         return colour, depth
 
     def _wall(self, cam: _Camera, cols, rows, depth, cell) -> np.ndarray:
@@ -287,7 +299,7 @@ class StreetRenderer:
         z_world = cam.cam_h + (cam.hz[cols] - rows) * depth / cam.f
         h_hit = self._height[hit]
         hit_cls = self._cls[hit]
-        colour = self._surface[hit].astype(np.float32)  # roofs and crowns seen from the side's top
+        colour = cam.surface[hit].astype(np.float32)  # roofs and crowns seen from the side's top
         top = h_hit - z_world < 0.3 + depth / cam.f
         wall = np.flatnonzero((hit_cls == BUILDING) & ~top)
         colour[wall] = self._wall(cam, cols[wall], rows[wall], depth[wall], hit[wall])

@@ -24,7 +24,7 @@ import numpy as np
 from pyproj import Transformer
 from tqdm import tqdm
 
-from data_prep.capture import CaptureParams, sample_sequences
+from data_prep.capture import CaptureParams, capture_surfaces, sample_sequences
 from data_prep.overhead import Sun, surface_colours, write_orthophoto
 from data_prep.scene import SceneParams, build_scene
 from data_prep.street import CameraParams, StreetRenderer, Views, encode_jpeg, sample_views
@@ -137,12 +137,12 @@ def synth_city(city_dir: str | os.PathLike, cfg: SynthCityConfig, progress: bool
 
     rng = np.random.default_rng([cfg.seed, 0x57EE7])
     if cfg.capture.mode == "sequences":
-        captures = sample_sequences(scene, cfg.camera, cfg.capture, cfg.sun, cfg.images, rng)
-        views = captures.views
-    else:
-        captures, views = None, sample_views(scene, cfg.camera, cfg.sun, cfg.images, rng)
+        captures = sample_sequences(scene, cfg.camera, cfg.capture, cfg.images, rng)
+        views, surfaces = captures.views, capture_surfaces(scene, captures.views, cfg.seed)
+    else:  # every photo in the orthophoto's light
+        captures, views, surfaces = None, sample_views(scene, cfg.camera, cfg.sun, cfg.images, rng), {0: surface}
     ids = [f"{i:0{max(6, len(str(cfg.images - 1)))}d}" for i in range(cfg.images)]
-    renderer = StreetRenderer(scene, surface, cfg.camera)
+    renderer = StreetRenderer(scene, surfaces, cfg.camera)
     city.images_dir.mkdir(parents=True, exist_ok=True)
     with tqdm(total=cfg.images, unit="photo", desc="street views", disable=not progress) as bar:
         for done in _render_all(renderer, views, city.images_dir, ids, cfg.seed, cfg.workers):

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_prep.capture import CaptureParams, sample_sequences
-from data_prep.overhead import surface_colours
+from data_prep.capture import CaptureParams, capture_surfaces, sample_sequences
 from data_prep.scene import ROAD_CLASSES, build_scene
 from data_prep.street import StreetRenderer, Views
 from data_prep.synth import SynthCityConfig
@@ -48,12 +47,11 @@ def corner(road: np.ndarray, gsd: float) -> tuple[float, float, float]:
 def make_figure(seed: int, out: Path) -> None:
     cfg = SynthCityConfig(seed=seed, size_m=600, images=3)
     scene = build_scene(cfg.scene, cfg.size_m, cfg.gsd, cfg.seed)
-    surface = surface_colours(scene, cfg.sun, cfg.seed)
     capture = CaptureParams(mode="sequences", photos_per_sequence=(1, 1), overcast_p=0.4, wet_p=0.4)
-    views = sample_sequences(scene, cfg.camera, capture, cfg.sun, 3, np.random.default_rng([seed, 3])).views
+    views = sample_sequences(scene, cfg.camera, capture, 3, np.random.default_rng([seed, 3])).views
     row, col, heading = corner(np.isin(scene.cls, ROAD_CLASSES), cfg.gsd)
     views = dataclasses.replace(views, row=np.full(3, row), col=np.full(3, col), heading_deg=np.full(3, heading), pitch_deg=np.zeros(3))
-    renderer = StreetRenderer(scene, surface, cfg.camera)
+    renderer = StreetRenderer(scene, capture_surfaces(scene, views, cfg.seed), cfg.camera)
     panels = []
     for i in range(3):
         photo = Image.fromarray(renderer.render(views, i, np.random.default_rng([seed, 0xF070, i])))

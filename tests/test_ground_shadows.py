@@ -1,5 +1,6 @@
 """``benchmarks/ground_shadows.py``: a photo's ground, matched against the orthophoto, finds its place by the
-orthophoto's own shadows, which the generator paints on every photo (the likeness the probe measures)."""
+orthophoto's own shadows, which the generator painted on every photo until each capture cast its own sun's
+(the likeness the probe measures, and that it is gone)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def test_the_ground_finds_its_place_by_the_orthophotos_shadows_more_often_than_b
         name.strip(): [float(v) for v in values.split(" / ")]
         for name, values in re.findall(r"^\s*(.+?): R@1 within 25 / 50 / 100 m ([\d. /]+) %", out, re.M)
     }
-    assert len(figures) == 2 and all(0 <= v <= 100 for row in figures.values() for v in row)
-    ortho, other = figures["the orthophoto's shadows (as the city's photos)"], figures["another sun's shadows"]
+    assert len(figures) == 3 and all(0 <= v <= 100 for row in figures.values() for v in row)
+    ortho, other = figures["the orthophoto's shadows (as the city's photos were)"], figures["another sun's shadows"]
+    own = figures["the capture's own sun's (as the city's photos are)"]
     assert all(a <= b for a, b in zip(ortho, ortho[1:])), "recall grows with the radius"
     assert ortho[0] > other[0] + 10, "the orthophoto's shadows on the photos' ground give their place away"
+    assert own[0] < ortho[0], "a capture's own shadows give its place away less than the orthophoto's did"

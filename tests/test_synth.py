@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import rasterio
 from PIL import Image
 from pyproj import CRS, Transformer
 
+from data_prep.capture import CAPTURE_SUNS, CaptureParams, capture_surfaces, sample_sequences
+from data_prep.overhead import cast_shadows
 from data_prep.scene import BUILDING, ROAD_CLASSES, build_scene
+from data_prep.street import StreetRenderer
 from data_prep.synth import SynthCityConfig
 from zoomloc.cli.main import main
 from zoomloc.core.errors import ConfigError
@@ -245,3 +249,46 @@ def test_gps_is_off_by_a_few_metres_while_the_photos_are_the_same(captured):
     x1, y1 = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True).transform(b["lon"], b["lat"])
     offsets = np.concatenate([np.asarray(x1) - x0, np.asarray(y1) - y0])
     assert 2.0 < offsets.std() < 4.0  # 3 m per axis
+
+
+def test_each_capture_casts_its_own_suns_shadows():
+    """A capture is taken under one of the capture suns, which lights its façades and casts the shadows on its
+    ground and roofs (not the orthophoto's): two captures at other hours share no shadows, as real ones do not."""
+    cfg = SynthCityConfig(seed=3, size_m=SIZE_M)
+    scene = build_scene(cfg.scene, cfg.size_m, cfg.gsd, cfg.seed)
+    capture = CaptureParams(mode="sequences", photos_per_sequence=(5, 10))
+    views = sample_sequences(scene, cfg.camera, capture, 80, np.random.default_rng(4)).views
+    lights = np.unique(views.light)
+    assert len(lights) >= 2
+    azimuth = np.radians([CAPTURE_SUNS[i].azimuth_deg for i in views.light])
+    assert np.allclose(views.sun_east, np.sin(azimuth), atol=1e-6) and np.allclose(views.sun_north, np.cos(azimuth), atol=1e-6)
+
+    surfaces = capture_surfaces(scene, views, cfg.seed)
+    assert sorted(surfaces) == lights.tolist()
+    a, b = (int(i) for i in lights[:2])
+    only_a = cast_shadows(scene.height, scene.gsd, CAPTURE_SUNS[a]) & ~cast_shadows(scene.height, scene.gsd, CAPTURE_SUNS[b])
+    assert only_a.sum() > 100
+    assert surfaces[a][only_a].mean() < 0.8 * surfaces[b][only_a].mean()  # darker where only a's sun casts shadows
+
+    renderer = StreetRenderer(scene, surfaces, cfg.camera)
+    photo = renderer.render(views, 0, np.random.default_rng(1))
+    assert np.array_equal(photo, renderer.render(views, 0, np.random.default_rng(1)))
+    elsewhere = dataclasses.replace(views, light=np.where(views.light == a, b, a))
+    assert not np.array_equal(photo, renderer.render(elsewhere, 0, np.random.default_rng(1)))
+
+
+def test_captures_follow_their_streets():
+    """Dashcam and phone sequences go along the streets and look along them: photos of two captures at one spot
+    share the street's axis (random headings would differ by 45° in the median), and a capture covers its
+    streets rather than milling about one spot."""
+    cfg = SynthCityConfig(seed=0, size_m=600)
+    scene = build_scene(cfg.scene, cfg.size_m, cfg.gsd, cfg.seed)
+    captures = sample_sequences(scene, cfg.camera, CaptureParams(mode="sequences"), 600, np.random.default_rng(0))
+    views, sequence = captures.views, captures.sequence
+    xy = np.column_stack([views.col, views.row]) * cfg.gsd
+    near = (np.linalg.norm(xy[:, None] - xy[None], axis=-1) < 5) & (sequence[:, None] != sequence[None, :])
+    i, j = np.nonzero(near)
+    axis = views.heading_deg % 180
+    assert len(i) >= 50 and np.median(np.abs((axis[i] - axis[j] + 90) % 180 - 90)) < 20
+    extent = [np.ptp(xy[sequence == s], axis=0).max() for s in np.unique(sequence)]
+    assert np.median(extent) > 100

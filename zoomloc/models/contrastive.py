@@ -68,8 +68,8 @@ def cell_ids(paths: Tensor, k: int) -> Tensor:
 
 
 def contrastive_logits(street: Tensor, sat: Tensor, logit_scale: Tensor | float, cells: Tensor | None = None) -> Tensor:
-    """Scaled cosine similarities ``[B, B]`` of photos (rows) and satellite crops (columns), in float32 (under
-    autocast the product comes in its lower precision: a loss casts them back, as the retrieval model's does).
+    """Scaled cosine similarities ``[B, B]`` of photos (rows) and satellite crops (columns): float32, or the
+    product's lower precision under autocast (:func:`info_nce` takes them back to float32).
 
     With ``cells`` (``[B]``, each pair's terminal cell), a photo's similarity to another pair's
     crop of its own cell is masked (-inf): that crop is its own positive's image, no negative.
@@ -85,8 +85,11 @@ def contrastive_logits(street: Tensor, sat: Tensor, logit_scale: Tensor | float,
 def info_nce(logits: Tensor) -> Tensor:
     """Symmetric InfoNCE of in-batch logits ``[B, B]`` (pair i on the diagonal): photo → crop and crop → photo.
 
-    No label smoothing (unlike the zoom steps): it would spread target mass onto masked pairs.
+    No label smoothing (unlike the zoom steps): it would spread target mass onto masked pairs. The
+    logits are taken in float32 whatever autocast made them: a softmax over a batch of scaled
+    cosines in bfloat16 (8 bits of mantissa) loses the small differences the loss is about.
     """
+    logits = logits.float()
     target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 

@@ -93,7 +93,7 @@ class RetrievalModel(CellHeads, LocalizationModel):
     def loss(self, out: Tensor, paths: Tensor, batch: Batch, settings: LossSettings) -> Objective:
         """Symmetric InfoNCE; acc: photos whose own crop is the most similar of the batch; the temperature."""
         stats = {"acc": own_pair_accuracy(out), "temperature": 1 / self.scale().item()}
-        return info_nce(out.float()), stats
+        return info_nce(out), stats
 
     @torch.no_grad()
     def index(self, sat: SatEmbeddings) -> RetrievalIndex:
