@@ -17,8 +17,9 @@ its cast shadows fall on the ground and roofs the capture sees, low sun dims and
 picture; so two captures at other hours share no shadows, as real ones do not, and the
 orthophoto's shadows are on a capture's ground only near the orthophoto's hour:
 ``benchmarks/ground_shadows.py`` measures what that likeness gave a matcher of the ground), the
-weather (overcast or hazy air lowers the contrast, wet roads darken and mirror the sky), the camera (field of view, white balance,
-vignetting, JPEG quality) and how many vehicles and pedestrians pass. The written GPS position
+weather (overcast or hazy air lowers the contrast, wet roads darken and mirror the sky), the
+camera (field of view, white balance, vignetting, JPEG quality) and how many vehicles and
+pedestrians pass. The written GPS position
 is off by ``gps_sigma_m`` per axis while the photo is rendered at the true one, as a phone's is.
 
 ``mode: scattered`` (the default) keeps the original single photos at random road points,
@@ -158,7 +159,7 @@ def capture_surfaces(scene: Scene, views: Views, seed: int) -> dict[int, np.ndar
 def _walk(on_road: _RoadRuns, row: float, col: float, photos: int, spacing_m: float, rng: np.random.Generator):
     """Positions (grid rows, columns) and travel headings of ``photos`` stops ``spacing_m`` apart along the roads.
 
-    The walker drives as a car or a walker does: it sets off along the road (the way with the
+    It moves as a driver or a walker does: it sets off along the road (the way with the
     longest stretch of road ahead, one of its two directions at random), steers with the road's
     bends (of the headings within :data:`_STEER_DEG` of its own, the least turn that sees nearly the
     longest stretch ahead), turns into another road where its own ends (the way with the longest

@@ -176,8 +176,8 @@ class _Camera:
 class StreetRenderer:
     """Renders photos of one scene; holds flat views of its grids and the shared colours.
 
-    ``surfaces`` are the scene's top surface in each light a photo can be taken in (a photo's
-    ``Views.light`` indexes them): one for photos in the orthophoto's light, one per capture sun
+    ``surfaces`` are the scene's top surface in each light a photo can be taken in, keyed as a
+    photo's ``Views.light`` names them: one for photos in the orthophoto's light, one per capture sun
     for captures at other hours, whose cast shadows then fall where their own sun puts them.
     """
 

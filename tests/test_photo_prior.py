@@ -14,7 +14,16 @@ from zoomloc.data.samples import Samples
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.inference.localize import Localizer
-from zoomloc.inference.photo_prior import PhotoDatabase, PhotoPriorConfig, PhotoPriorIndex, candidate_xy, combine, fit_photo_prior
+from zoomloc.inference.photo_prior import (
+    FACING_AWAY,
+    FIT_HEADINGS,
+    PhotoDatabase,
+    PhotoPriorConfig,
+    PhotoPriorIndex,
+    candidate_xy,
+    combine,
+    fit_photo_prior,
+)
 from zoomloc.models.beam import BeamResult
 
 # 4 levels of 4x4 over 2560 m: 10 m terminal cells, the grid's origin (west, north) at (500 000, 5 000 000).
@@ -98,6 +107,20 @@ def test_the_database_compares_photos_and_queries_by_the_models_place_embedding(
     assert db.nearest(query, k=1)[1][0, 0] == 1
 
 
+def test_a_photo_facing_away_from_the_query_ranks_after_every_photo_facing_its_way():
+    """The most similar photo faces the other way: with a heading limit it comes last; a photo or a query whose
+    heading is unknown (NaN) is never taken to face away."""
+    lon, lat = GRID.to_lonlat(np.array([500_100.0, 500_200.0, 500_300.0]), np.array([4_999_900.0] * 3))
+    street = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.5, 0.866]])
+    db = PhotoDatabase.of(street, lon, lat, GRID, heading_deg=np.array([185.0, 350.0, np.nan]))
+    query = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert db.nearest(query, k=3)[1].tolist() == [[0, 1, 2]] * 2
+    sims, rows = db.nearest(query, k=3, headings=np.array([5.0, np.nan]), within_deg=45.0)
+    assert rows.tolist() == [[1, 2, 0], [0, 1, 2]]
+    assert sims[0, 2] == pytest.approx(1.0 - FACING_AWAY) and sims[1, 0] == pytest.approx(1.0)
+    assert db.nearest(query, k=3, headings=np.array([5.0, 5.0]), within_deg=180.0)[1].tolist() == [[0, 1, 2]] * 2
+
+
 @pytest.fixture(scope="module")
 def witnessed(trained_run, tiny_city):
     """The tiny city's trained zoom, its training photos and its val and test photos' embeddings."""
@@ -127,6 +150,12 @@ def test_the_fit_picks_the_best_pair_tried_on_val_and_the_model_alone_is_among_t
     x, y = grid.centre_xy_of_path(np.stack(model_alone))
     share = 100 * np.mean(np.hypot(x - split["val"].xy(grid)[:, 0], y - split["val"].xy(grid)[:, 1]) <= 50.0)
     assert tried["weight 0, temperature 0.01"] == pytest.approx(share)
+    # The val photos' headings are known, the database's are not (NaN): no limit changes a lookup, so the fit
+    # keeps any heading and finds the same shares.
+    headed, tried_headed = fit_photo_prior(
+        loc.index, db, grid, street["val"], split["val"].xy(grid), within_m=50.0, headings=split["val"].heading_deg
+    )
+    assert headed.heading_deg is None and tried_headed == tried
 
 
 def test_evaluate_reports_the_model_with_its_photos(trained_run, tiny_city, tmp_path):
@@ -136,7 +165,8 @@ def test_evaluate_reports_the_model_with_its_photos(trained_run, tiny_city, tmp_
     m = json.loads(out.read_text())
     w = m["with_photos"]
     assert w["photos"] == int((pd.read_csv(tiny_city / "split.csv")["split"] == "train").sum())
-    assert set(w["config"]) == {"neighbours", "temperature", "weight"} and list(w["recall_at_1"]) == list(m["recall_at_1"])
+    assert set(w["config"]) == {"neighbours", "temperature", "weight", "heading_deg"} and list(w["recall_at_1"]) == list(m["recall_at_1"])
+    assert w["config"]["heading_deg"] in FIT_HEADINGS
     table = pd.read_csv(out.parent / "errors.csv", dtype={"image_id": str})
     assert w["recall_at_1"]["50"] == pytest.approx(100 * np.mean(table["with_photos_error_m"] <= 50))
     assert w["fused"]["recall_at_1"]["50"] == pytest.approx(100 * np.mean(table["with_photos_fused_error_m"] <= 50))

@@ -143,7 +143,8 @@ def _localize(args: argparse.Namespace) -> None:
         truths = [photo.gps for photo in photos]
         if captures is None:
             tracks = []
-            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths)
+            headings = [float("nan") if p.heading_deg is None else p.heading_deg for p in photos]
+            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths, headings=headings)
             for result in results:
                 print(json.dumps(result.to_json()) if args.json else describe(result))
         else:

@@ -195,7 +195,8 @@ def load_photo(path: str | Path) -> Image.Image:
 @dataclass(frozen=True)
 class Photo:
     """A user's photo read once: its pixels, upright, and what its EXIF says, if anything: the
-    position its GPS gives and when it was taken (a photo without either is still localized).
+    position its GPS gives, the way its camera faced and when it was taken (a photo without any of
+    them is still localized).
 
     ``time_problem`` says why a capture time that is written could not be read: a single photo
     does not need its time, but a track (:mod:`zoomloc.inference.captures`) must not place the
@@ -208,13 +209,15 @@ class Photo:
     captured_at: datetime | None = None  # EXIF DateTimeOriginal; aware when EXIF gives its UTC offset
     time_problem: str | None = None
     sequence_id: str | None = None  # the capture, where the camera app wrote it (Mapillary's app does)
+    heading_deg: float | None = None  # GPSImgDirection: the photo witness compares it with its photos' headings
 
     @classmethod
     def read(cls, path: str | Path) -> Photo:
         with _opened(path) as img:
             exif = read_photo_exif(img)
             gps = None if exif.gps is None else (exif.gps.lon, exif.gps.lat)
-            return cls(Path(path), _upright(img), gps, exif.captured_at, exif.time_problem, exif.sequence_id)
+            heading = None if exif.gps is None else exif.gps.heading_deg
+            return cls(Path(path), _upright(img), gps, exif.captured_at, exif.time_problem, exif.sequence_id, heading)
 
 
 def quiet_on_sigterm(worker_id: int) -> None:

@@ -131,7 +131,7 @@ class EvalReport:
             lines.append(
                 f"  + photos  R@1 within 25 / 50 / 100 m {recall}%{f', fused {fused}%' if fused else ''}, median error "
                 f"{w['median_error_m']:.1f} m: with its {w['photos']} training photos as a second witness (weight "
-                f"{c['weight']:g}, temperature {c['temperature']:g}, {c['neighbours']} neighbours; "
+                f"{c['weight']:g}, temperature {c['temperature']:g}, {c['neighbours']} neighbours, {facing(c)}; "
                 f"val {w['val_recall_at_1_50']:.1f}% within 50 m)"
             )
         for name, ref in m.get("references", {}).items():
@@ -237,6 +237,12 @@ def evaluate_run(
     return EvalReport(metrics, out, warning)
 
 
+def facing(config: dict[str, Any]) -> str:
+    """The photo witness's heading limit in words (fits kept before it had none)."""
+    limit = config.get("heading_deg")
+    return "any heading" if limit is None else f"facing within {limit:g}°"
+
+
 def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None:
     """A warning when the model trained on these very photos under another split of them.
 
@@ -259,8 +265,9 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     the model's index adds its own figures (a zoom model: step accuracies).
     """
     truths = list(zip(samples.lon, samples.lat))
-    best = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=1, truths=truths)
-    top5 = loc.localize_embeddings(street, list(samples.image_ids), beam=beam, topk=5, truths=truths)  # the search widens to 5
+    ids, headings = list(samples.image_ids), samples.heading_deg
+    best = loc.localize_embeddings(street, ids, beam=beam, topk=1, truths=truths, headings=headings)
+    top5 = loc.localize_embeddings(street, ids, beam=beam, topk=5, truths=truths, headings=headings)  # the search widens to 5
     errors = np.array([r.error_m for r in best])
     top5_errors = np.full((len(top5), 5), np.inf)  # a search may give fewer (answers merged): those count as misses
     for row, r in zip(top5_errors, top5):

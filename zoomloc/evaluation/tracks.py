@@ -64,6 +64,7 @@ def fused_accuracy(
             candidates=candidates,
             truths=list(zip(samples.lon[rows], samples.lat[rows])),
             fusion=fusion,
+            headings=samples.heading_deg[rows],
         )
         fused[rows] = track.errors_m()
         for row, photo in zip(rows, track.photos):

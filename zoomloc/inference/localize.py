@@ -174,14 +174,17 @@ class Localizer:
         beam: int = 4,
         topk: int = 4,
         truths: Sequence[tuple[float, float] | None] | None = None,
+        headings: Sequence[float] | None = None,
     ) -> list[Localization]:
-        """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error."""
+        """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error; ``headings``
+        (compass degrees, NaN unknown) go to the search (:meth:`search`)."""
         names = [_name(img) for img in images]
-        return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths)
+        compass = None if headings is None else np.asarray(headings, dtype=float)
+        return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths, headings=compass)
 
-    def search(self, street_emb: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+    def search(self, street_emb: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
         """The ``topk`` best terminal cells of each query ``[Q, D]``, best first (:meth:`MapIndex.search`)."""
-        return self.index.search(street_emb, beam=beam, topk=topk)
+        return self.index.search(street_emb, beam=beam, topk=topk, headings=headings)
 
     @torch.no_grad()
     def localize_embeddings(
@@ -192,10 +195,12 @@ class Localizer:
         beam: int = 4,
         topk: int = 4,
         truths: Sequence[tuple[float, float] | None] | None = None,
+        headings: np.ndarray | None = None,
     ) -> list[Localization]:
-        """Localize from precomputed street embeddings ``[N, D]`` (see :meth:`search`)."""
+        """Localize from precomputed street embeddings ``[N, D]``, the photos' compass ``headings`` ``[N]`` where
+        known (see :meth:`search`)."""
         grid = self.model.grid
-        results = self.search(street_emb.to(self.device), beam=beam, topk=topk)
+        results = self.search(street_emb.to(self.device), beam=beam, topk=topk, headings=headings)
         out = []
         for i, r in enumerate(results):
             lon, lat = predicted_positions(grid, r)
@@ -256,8 +261,9 @@ class Localizer:
         candidates: int = TRACK_CANDIDATES,
         truths: Sequence[tuple[float, float] | None] | None = None,
         fusion: FusionConfig | None = None,
+        headings: np.ndarray | None = None,
     ) -> Track:
-        """A capture's track from its photos' street embeddings ``[T, D]``, in capture order.
+        """A capture's track from its photos' street embeddings ``[T, D]`` (and compass ``headings``), in capture order.
 
         Each photo's answer is the best of its ``candidates`` (a zoom model's beam is that wide);
         the fusion chooses among them by the times alone: no photo's GPS is read (``truths`` set
@@ -265,7 +271,7 @@ class Localizer:
         """
         if candidates < 1:
             raise InputError(f"candidates must be at least 1, got {candidates}")
-        photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths)
+        photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths, headings=headings)
         grid = self.model.grid
         k = max(len(p.candidates) for p in photos)  # a photo with fewer (answers merged) is padded with probability 0
         pad = [k - len(p.candidates) for p in photos]

@@ -10,7 +10,11 @@ they fail on different photos, and each knows when it is sure. So a query's answ
   probabilities, times ``1 − weight``;
 - the ``neighbours`` training photos most similar to the query (cosine of the model's place
   embeddings, :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), at their recorded
-  positions, with a softmax of their similarities at ``temperature``, times ``weight``.
+  positions, with a softmax of their similarities at ``temperature``, times ``weight``. Where the
+  query's compass heading is known, photos facing more than ``heading_deg`` away from it rank after
+  every photo facing its way: a photo looking the other way down a street shows other things, and
+  on the bench city leaving such photos out lifts the lookup by a half on new captures and by ten
+  points within 100 m on the paper's protocol (``benchmarks/results/bench/NOTES.md``).
 
 Candidates closer than :data:`SAME_ANSWER_CELLS` terminal cells are the same answer (a photo
 inside a cell lies that close to its centre, the centres of two neighbouring cells do not): each is
@@ -19,7 +23,8 @@ mass-weighted mean, so photos pull a cell's centre towards where they were taken
 (non-maximum suppression). The result is a :class:`~zoomloc.models.base.MapIndex` like any other,
 so evaluation, a capture's fusion, the CLI and the map use it unchanged. ``temperature`` and
 ``weight`` are chosen on validation photos (:func:`fit_photo_prior`), as the model's own
-temperature is; :mod:`zoomloc.inference.photo_witness` builds it for a city.
+temperature is, and ``heading_deg`` before them, by the lookup's own accuracy;
+:mod:`zoomloc.inference.photo_witness` builds it for a city.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ SIMILARITY_CHUNK = 2**24  # query × photo similarities computed at once (64 MB 
 SAME_ANSWER_CELLS = 0.75  # candidates this many terminal cells apart or closer are one answer
 FIT_TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.1)
 FIT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FIT_HEADINGS = (None, 90.0, 60.0, 45.0, 30.0)  # None: any heading
+FACING_AWAY = 2.0  # taken off the cosine of a photo facing away: it ranks after every photo facing the query's way
 
 
 @dataclass(frozen=True)
@@ -51,45 +58,69 @@ class PhotoPriorConfig:
     neighbours: int = 16  # the most similar training photos consulted per query
     temperature: float = 0.03  # of the softmax over their cosine similarities
     weight: float = 0.5  # the photos' share of the evidence; the model keeps 1 − weight
+    heading_deg: float | None = None  # photos facing farther from a query's heading rank last (None: any heading)
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or not self.temperature > 0 or not 0 <= self.weight <= 1:
             raise ValueError(f"need neighbours ≥ 1, temperature > 0 and weight in [0, 1], got {self}")
+        if self.heading_deg is not None and not 0 < self.heading_deg <= 180:
+            raise ValueError(f"heading_deg must be None or in (0, 180], got {self.heading_deg}")
 
 
 @dataclass(frozen=True)
 class PhotoDatabase:
-    """Training photos as the model compares them: unit place embeddings ``[M, D']`` and positions ``[M, 2]``
-    (grid metres, as recorded: a GPS fix, not the truth). ``place`` maps a street embedding to its place
-    embedding (the model's :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), so that queries
-    come as the model's search takes them."""
+    """Training photos as the model compares them: unit place embeddings ``[M, D']``, positions ``[M, 2]``
+    (grid metres, as recorded: a GPS fix, not the truth) and compass headings ``[M]`` (degrees clockwise from
+    north, NaN where unknown). ``place`` maps a street embedding to its place embedding (the model's
+    :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), so that queries come as the model's
+    search takes them."""
 
     embeddings: Tensor
     xy: np.ndarray
+    heading_deg: np.ndarray
     place: Callable[[Tensor], Tensor] | None = None
 
     @classmethod
     def of(
-        cls, street: Tensor, lon: np.ndarray, lat: np.ndarray, grid: ZoomGrid, place: Callable[[Tensor], Tensor] | None = None
+        cls,
+        street: Tensor,
+        lon: np.ndarray,
+        lat: np.ndarray,
+        grid: ZoomGrid,
+        place: Callable[[Tensor], Tensor] | None = None,
+        heading_deg: np.ndarray | None = None,
     ) -> PhotoDatabase:
-        """The photos with street embeddings ``[M, D]`` taken at ``lon``/``lat`` that lie on ``grid``'s map."""
+        """The photos with street embeddings ``[M, D]`` taken at ``lon``/``lat`` (facing ``heading_deg``, None:
+        unknown) that lie on ``grid``'s map."""
         x, y = grid.to_xy(lon, lat)
         inside = grid.contains_xy(x, y)
         if not inside.any():
             raise ValueError("a photo database needs at least one photo on the map")
         keep = torch.as_tensor(np.flatnonzero(inside))
-        return cls(place_keys(street[keep], place), np.stack([x[inside], y[inside]], axis=-1), place)
+        heading = np.full(len(x), np.nan) if heading_deg is None else np.asarray(heading_deg, dtype=float)
+        return cls(place_keys(street[keep], place), np.stack([x[inside], y[inside]], axis=-1), heading[inside], place)
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     @torch.no_grad()
-    def nearest(self, street: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarities and rows ``[Q, k']`` (k' = min(k, M)) of the k photos most like each query (street
-        embeddings ``[Q, D]``), best first."""
+    def nearest(
+        self, street: Tensor, k: int, headings: np.ndarray | None = None, within_deg: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and rows ``[Q, k']`` (k' = min(k, M)) of the k photos most like each query (street
+        embeddings ``[Q, D]``), best first: their cosines, less :data:`FACING_AWAY` for a photo facing more than
+        ``within_deg`` from the query's ``headings`` ``[Q]`` (where both are known; None: any heading)."""
         k = min(k, len(self))
         queries = place_keys(street, self.place).to(self.embeddings.device)
-        parts = [(q @ self.embeddings.T).topk(k, dim=1) for q in queries.split(max(1, SIMILARITY_CHUNK // len(self)))]
+        step = max(1, SIMILARITY_CHUNK // len(self))
+        parts = []
+        for start in range(0, len(queries), step):
+            sims = queries[start : start + step] @ self.embeddings.T
+            if within_deg is not None and headings is not None:
+                query = np.asarray(headings, dtype=float)[start : start + step, None]
+                away = np.abs((query - self.heading_deg[None, :] + 180) % 360 - 180) > within_deg  # NaN: never away
+                sims = sims - FACING_AWAY * torch.from_numpy(away).to(sims)
+            parts.append(sims.topk(k, dim=1))
         return torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
 
 
@@ -113,11 +144,11 @@ class PhotoPriorIndex(MapIndex):
     def temperature(self, value: float) -> None:
         self.inner.temperature = value
 
-    def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
         """The ``topk`` best answers of each query ``[Q, D]`` by both witnesses; the model's own search takes
-        ``beam`` and ``topk`` as asked (a zoom's greedy answer stays one candidate)."""
-        model = self.inner.search(street, beam=beam, topk=topk)
-        sims, rows = self.photos.nearest(street, self.cfg.neighbours)
+        ``beam`` and ``topk`` as asked (a zoom's greedy answer stays one candidate), the photos the ``headings``."""
+        model = self.inner.search(street, beam=beam, topk=topk, headings=headings)
+        sims, rows = self.photos.nearest(street, self.cfg.neighbours, headings, self.cfg.heading_deg)
         return [combine(self.grid, r, self.photos.xy[rw], s, self.cfg, topk) for r, s, rw in zip(model, sims, rows)]
 
     def shuffled(self, seed: int) -> PhotoPriorIndex:
@@ -177,15 +208,31 @@ def _step_probs(paths: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def fit_photo_prior(
-    index: MapIndex, photos: PhotoDatabase, grid: ZoomGrid, street: Tensor, truth_xy: np.ndarray, *, within_m: float, beam: int = 1
+    index: MapIndex,
+    photos: PhotoDatabase,
+    grid: ZoomGrid,
+    street: Tensor,
+    truth_xy: np.ndarray,
+    *,
+    within_m: float,
+    beam: int = 1,
+    headings: np.ndarray | None = None,
 ) -> tuple[PhotoPriorConfig, dict[str, float]]:
     """The temperature and weight under which ``index`` and ``photos`` place most validation queries (street
-    embeddings ``[Q, D]``, true positions ``[Q, 2]`` in grid metres) within ``within_m`` at ``beam``; ties go
-    to the smaller weight (the model alone unless the photos add). Returns it and each pair's share (%)."""
-    model = index.search(street, beam=beam, topk=1)
-    base = PhotoPriorConfig()
-    sims, rows = photos.nearest(street, base.neighbours)
+    embeddings ``[Q, D]``, true positions ``[Q, 2]`` in grid metres, compass ``headings`` ``[Q]`` or None)
+    within ``within_m`` at ``beam``; ties go to the smaller weight (the model alone unless the photos add).
+    First the heading limit under which the most similar photo lies within ``within_m`` most often (ties: any
+    heading). Returns it and each (weight, temperature) pair's share (%)."""
+    model = index.search(street, beam=beam, topk=1, headings=headings)
+    heading, best_share = None, -1.0
+    for limit in FIT_HEADINGS if headings is not None else (None,):
+        rows = photos.nearest(street, 1, headings, limit)[1][:, 0]
+        share = float(np.mean(np.linalg.norm(photos.xy[rows] - truth_xy, axis=1) <= within_m))
+        if share > best_share:
+            heading, best_share = limit, share
+    base = PhotoPriorConfig(heading_deg=heading)
     tried: dict[str, float] = {}
+    sims, rows = photos.nearest(street, base.neighbours, headings, heading)
     best, best_share = replace(base, weight=0.0), -1.0
     # weight 0 is the model alone at any temperature: tried once
     pairs = [(0.0, FIT_TEMPERATURES[0]), *((w, t) for w, t in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES) if w > 0)]

@@ -28,6 +28,7 @@ from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import PhotoDatabase, PhotoPriorConfig, PhotoPriorIndex, fit_photo_prior
 from zoomloc.models.checkpoint import read_info, resolve_checkpoint
 
+FIT_VERSION = 2  # 2: the heading limit too; a fit kept by an earlier version is not read back
 SELECTION_M = 50.0  # what a checkpoint is selected by (R@1 within 50 m), and so what the witness's weight is fitted for
 
 
@@ -65,7 +66,7 @@ def with_training_photos(
     train, val = Samples.from_city(city, "train", grid), Samples.from_city(city, "val", grid)
     try:
         street = loc.embed_samples(train, cache=cache, workers=workers)
-        database = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding)
+        database = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding, train.heading_deg)
         fit_path = city.embeddings_dir / f"photo_prior_{_key(model_path, city, beam)}.json"
         if fit_path.is_file():
             kept = json.loads(fit_path.read_text())
@@ -75,7 +76,9 @@ def with_training_photos(
                 raise InputError("the split has no val photos to fit the training photos' weight on", city.split_csv)
             start = time.perf_counter()
             val_street = loc.embed_samples(val, cache=cache, workers=workers)
-            cfg, tried = fit_photo_prior(loc.index, database, grid, val_street, val.xy(grid), within_m=SELECTION_M, beam=beam)
+            cfg, tried = fit_photo_prior(
+                loc.index, database, grid, val_street, val.xy(grid), within_m=SELECTION_M, beam=beam, headings=val.heading_deg
+            )
             witness = PhotoWitness(cfg, len(database), max(tried.values()), time.perf_counter() - start)
             fit_path.parent.mkdir(exist_ok=True)
             write_text(fit_path, json.dumps(witness.to_json(), indent=2) + "\n")
@@ -88,7 +91,8 @@ def with_training_photos(
 
 
 def _key(model_path: str | os.PathLike, city: CityDir, beam: int) -> str:
-    """What a fit depends on: the checkpoint's bytes, the city's photos and split, and the beam it decoded with."""
+    """What a fit depends on: the checkpoint's bytes, the city's photos and split, the beam it decoded with and
+    what a fit chooses (:data:`FIT_VERSION`)."""
     h = hashlib.sha256(resolve_checkpoint(model_path).read_bytes())
-    h.update(json.dumps({**city.provenance(), "beam": beam}, sort_keys=True).encode())
+    h.update(json.dumps({**city.provenance(), "beam": beam, "fit": FIT_VERSION}, sort_keys=True).encode())
     return h.hexdigest()[:16]

@@ -46,9 +46,11 @@ class MapIndex(ABC):
     temperature: float = 1.0
 
     @abstractmethod
-    def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
         """The ``topk`` best terminal cells of each street embedding ``[Q, D]``, best first, in
-        bounded memory whatever the number of queries (``beam`` applies to kinds with ``has_beam``)."""
+        bounded memory whatever the number of queries (``beam`` applies to kinds with ``has_beam``).
+        ``headings`` ``[Q]`` are the queries' compass headings (degrees clockwise from north, NaN where
+        unknown), for an index that reads them (the training photos' witness); a model's own ignores them."""
 
     @property
     @abstractmethod

@@ -139,7 +139,7 @@ class RetrievalIndex(MapIndex):
         return self.embeddings.numel() * self.embeddings.element_size()
 
     @torch.no_grad()
-    def search(self, street: Tensor, *, beam: int = 1, topk: int) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int = 1, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
         """The ``topk`` most similar cells of each unit street embedding ``[Q, dim]``, best first
         (an exact search: ``beam`` does not apply).
 

@@ -144,7 +144,7 @@ class ZoomIndex(MapIndex):
     def __init__(self, policy: ZoomPolicy, sat: SatEmbeddings):
         self.policy, self.sat = policy, sat
 
-    def search(self, street: Tensor, *, beam: int, topk: int) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
         """The ``topk`` best paths of a beam search of width ``max(beam, topk)``: a search keeps only
         ``beam`` paths, so asking for more candidates widens it."""
         return [
