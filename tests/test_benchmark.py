@@ -75,8 +75,9 @@ def test_each_protocol_splits_its_own_city_folder_sharing_the_caches(bench):
         assert recorded["by"] == p
         assert (bench / p / "city" / "embeddings").resolve() == (bench / "city" / "embeddings").resolve()
     assert not (bench / "city" / "split.csv").exists()
-    # One street cache for the 3 protocols × 2 models and the nearest-photo references.
+    # One street cache for the 3 protocols × 2 models and the nearest-photo references, one local cache for their witnesses.
     assert len(list((bench / "city" / "embeddings").glob("street_*.h5"))) == 1
+    assert len(list((bench / "city" / "embeddings").glob("local_*.h5"))) == 1
 
 
 def _table(report: str, header: str) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ from zoomloc.cli.main import main
 from zoomloc.data.samples import Samples
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import ZoomGrid
+from zoomloc.inference.local_match import RERANK
 from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import (
     FACING_AWAY,
@@ -24,6 +25,7 @@ from zoomloc.inference.photo_prior import (
     combine,
     fit_photo_prior,
 )
+from zoomloc.models.base import Clues
 from zoomloc.models.beam import BeamResult
 
 # 4 levels of 4x4 over 2560 m: 10 m terminal cells, the grid's origin (west, north) at (500 000, 5 000 000).
@@ -115,10 +117,10 @@ def test_a_photo_facing_away_from_the_query_ranks_after_every_photo_facing_its_w
     db = PhotoDatabase.of(street, lon, lat, GRID, heading_deg=np.array([185.0, 350.0, np.nan]))
     query = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     assert db.nearest(query, k=3)[1].tolist() == [[0, 1, 2]] * 2
-    sims, rows = db.nearest(query, k=3, headings=np.array([5.0, np.nan]), within_deg=45.0)
+    sims, rows = db.nearest(query, k=3, clues=Clues(np.array([5.0, np.nan])), within_deg=45.0)
     assert rows.tolist() == [[1, 2, 0], [0, 1, 2]]
     assert sims[0, 2] == pytest.approx(1.0 - FACING_AWAY) and sims[1, 0] == pytest.approx(1.0)
-    assert db.nearest(query, k=3, headings=np.array([5.0, 5.0]), within_deg=180.0)[1].tolist() == [[0, 1, 2]] * 2
+    assert db.nearest(query, k=3, clues=Clues(np.array([5.0, 5.0])), within_deg=180.0)[1].tolist() == [[0, 1, 2]] * 2
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,7 @@ def test_the_fit_picks_the_best_pair_tried_on_val_and_the_model_alone_is_among_t
     # The val photos' headings are known, the database's are not (NaN): no limit changes a lookup, so the fit
     # keeps any heading and finds the same shares.
     headed, tried_headed = fit_photo_prior(
-        loc.index, db, grid, street["val"], split["val"].xy(grid), within_m=50.0, headings=split["val"].heading_deg
+        loc.index, db, grid, street["val"], split["val"].xy(grid), within_m=50.0, clues=Clues(split["val"].heading_deg)
     )
     assert headed.heading_deg is None and tried_headed == tried
 
@@ -165,8 +167,11 @@ def test_evaluate_reports_the_model_with_its_photos(trained_run, tiny_city, tmp_
     m = json.loads(out.read_text())
     w = m["with_photos"]
     assert w["photos"] == int((pd.read_csv(tiny_city / "split.csv")["split"] == "train").sum())
-    assert set(w["config"]) == {"neighbours", "temperature", "weight", "heading_deg"} and list(w["recall_at_1"]) == list(m["recall_at_1"])
-    assert w["config"]["heading_deg"] in FIT_HEADINGS
+    assert set(w["config"]) == {"neighbours", "temperature", "weight", "heading_deg", "rerank"} and list(w["recall_at_1"]) == list(
+        m["recall_at_1"]
+    )
+    assert w["config"]["heading_deg"] in FIT_HEADINGS and w["config"]["rerank"] in (0, RERANK)
+    assert list(w["lookup"]["recall_at_1"]) == list(m["recall_at_1"])  # the photo the witness looks up, alone
     table = pd.read_csv(out.parent / "errors.csv", dtype={"image_id": str})
     assert w["recall_at_1"]["50"] == pytest.approx(100 * np.mean(table["with_photos_error_m"] <= 50))
     assert w["fused"]["recall_at_1"]["50"] == pytest.approx(100 * np.mean(table["with_photos_fused_error_m"] <= 50))

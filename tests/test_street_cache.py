@@ -66,7 +66,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(few_photos, tmp_path, mo
     encoders = build_encoder(EncoderConfig(street_size=(32, 64), freeze="all_but_last_1")).eval()
     spec = StreetCacheSpec.of(encoders, few_photos, AUGMENT, views=2, seed=0)
     straight, resumed = tmp_path / "straight.h5", tmp_path / "resumed.h5"
-    build_street_cache(straight, spec, encoders, few_photos, progress=False)
+    build_street_cache(straight, spec, encoders.street_trunk, encoders, few_photos, progress=False)
 
     write = trunk_cache_module._write_chunk
     calls = []
@@ -79,7 +79,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(few_photos, tmp_path, mo
 
     monkeypatch.setattr(trunk_cache_module, "_write_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build_street_cache(resumed, spec, encoders, few_photos, progress=False)
+        build_street_cache(resumed, spec, encoders.street_trunk, encoders, few_photos, progress=False)
     building = tmp_path / ".resumed.h5.building"
     assert not resumed.exists() and building.is_file()
     with h5py.File(building) as f:
@@ -88,7 +88,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(few_photos, tmp_path, mo
     monkeypatch.setattr(trunk_cache_module, "_write_chunk", write)
     written = []
     monkeypatch.setattr(trunk_cache_module, "_write_chunk", lambda f, start, *a: (written.append(start), write(f, start, *a)))
-    build_street_cache(resumed, spec, encoders, few_photos, progress=False)
+    build_street_cache(resumed, spec, encoders.street_trunk, encoders, few_photos, progress=False)
     assert written[0] == trunk_cache_module.CHUNK, "the resumed build starts after the chunk already written"
     assert not building.exists()
     with h5py.File(straight) as a, h5py.File(resumed) as b:

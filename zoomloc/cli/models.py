@@ -143,8 +143,7 @@ def _localize(args: argparse.Namespace) -> None:
         truths = [photo.gps for photo in photos]
         if captures is None:
             tracks = []
-            headings = [float("nan") if p.heading_deg is None else p.heading_deg for p in photos]
-            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths, headings=headings)
+            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths, headings=_headings(photos))
             for result in results:
                 print(json.dumps(result.to_json()) if args.json else describe(result))
         else:
@@ -172,7 +171,7 @@ def _tracks(loc, photos: Sequence[Photo], captures, truths, args: argparse.Names
     """Each capture localized as one track; every photo is encoded once, in one pass."""
     from zoomloc.inference.fusion import CAPTURE_SPEEDS_MPS, FusionConfig
 
-    street = loc.embed_photos(photos)
+    street, clues = loc.embed_photos(photos), loc.clues_of_photos(photos, _headings(photos))
     fusion = FusionConfig(speed_mps=CAPTURE_SPEEDS_MPS[args.mode])
     return [
         loc.track_embeddings(
@@ -183,9 +182,15 @@ def _tracks(loc, photos: Sequence[Photo], captures, truths, args: argparse.Names
             candidates=args.candidates,
             truths=[truths[i] for i in c.indices],
             fusion=fusion,
+            clues=clues[list(c.indices)],
         )
         for c in captures
     ]
+
+
+def _headings(photos: Sequence[Photo]) -> list[float]:
+    """The photos' compass headings (EXIF ``GPSImgDirection``; NaN where a photo has none)."""
+    return [float("nan") if p.heading_deg is None else p.heading_deg for p in photos]
 
 
 def _write_outputs(args: argparse.Namespace, results, tracks, pyramid, photos: Sequence[Photo]) -> list[str]:

@@ -68,10 +68,13 @@ class StreetCacheSpec(CacheSpec):
     photos: str  # digest of metadata.csv
 
     @classmethod
-    def of(cls, encoders: ViewEncoders, city: CityDir, augment: AugmentConfig, views: int, seed: int) -> StreetCacheSpec:
+    def of(
+        cls, encoders: ViewEncoders, city: CityDir, augment: AugmentConfig, views: int, seed: int, cut: BackboneCut | None = None
+    ) -> StreetCacheSpec:
+        """The spec of ``encoders``' street trunk (``cut``'s where given) over ``city``'s photos."""
         if views < 0:
             raise InputError(f"the street cache's augmented views per photo cannot be negative, got {views}")
-        cfg, cut = encoders.cfg, encoders.street_cut
+        cfg, cut = encoders.cfg, cut or encoders.street_cut
         return cls(
             encoder=cfg.name,
             trunk_weights=weights_fingerprint(cut.trunk),
@@ -164,9 +167,24 @@ def street_cache(
     if not path.is_file():
         source = _trunk_source(spec, encoders, city)
         if source is None:
-            build_street_cache(path, spec, encoders, city, workers=workers, progress=progress)
+            build_street_cache(path, spec, encoders.street_trunk, encoders, city, workers=workers, progress=progress)
         else:
             _derive_pooled(path, spec, source, encoders, progress=progress)
+    return StreetCache(path)
+
+
+def local_cache(encoders: ViewEncoders, city: CityDir, *, workers: int = 0, progress: bool = True) -> StreetCache:
+    """The city's mid-level street maps (:meth:`~zoomloc.models.encoders.ViewEncoders.street_local`) of every
+    photo's plain crop, a street cache at that cut: read if built, else built (or resumed) first. What the
+    photo witness matches its training photos and the evaluated ones by (:mod:`zoomloc.inference.local_match`),
+    at ``CITY_DIR/embeddings/local_{key}.h5``."""
+    cut = encoders.street_local_cut
+    if cut is None:
+        raise InputError(f"the street encoder {encoders.cfg.name} has no feature map to match photos by")
+    spec = StreetCacheSpec.of(encoders, city, AugmentConfig(), 0, 0, cut)
+    path = city.embeddings_dir / f"local_{spec.key}.h5"
+    if not path.is_file():
+        build_street_cache(path, spec, encoders.street_local, encoders, city, workers=workers, progress=progress, desc="local maps")
     return StreetCache(path)
 
 
@@ -212,9 +230,18 @@ class _StoredMaps(Dataset):
 
 
 def build_street_cache(
-    path: Path, spec: StreetCacheSpec, encoders: ViewEncoders, city: CityDir, *, workers: int = 0, progress: bool = True
+    path: Path,
+    spec: StreetCacheSpec,
+    encode: Callable[[Tensor], Tensor],
+    encoders: ViewEncoders,
+    city: CityDir,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "street cache",
 ) -> None:
-    """Encode every photo's crops with the trunk into ``path``, resuming an interrupted build."""
+    """Encode every photo's crops with ``encode`` (``encoders``' trunk at ``spec``'s cut) into ``path``, resuming
+    an interrupted build."""
     ids = city.read_metadata()["image_id"].tolist()
     photos = [city.image_path(i) for i in ids]
     transforms, augment = encoders.transforms(), AugmentConfig(**spec.augment)
@@ -225,11 +252,11 @@ def build_street_cache(
         spec.views,
         lambda start: _Crops(photos, start, transforms, augment, spec.views, spec.seed),
         encoders,
-        encoders.street_trunk,
+        encode,
         prepare=_writes_ids(ids),
         workers=workers,
         progress=progress,
-        desc="street cache",
+        desc=desc,
     )
 
 

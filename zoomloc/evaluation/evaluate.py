@@ -24,11 +24,12 @@ beside it::
                       "teacher_forced": {...}},  # the views shuffled among each level's cells
      "fused": {"recall_at_1": {...}, "median_error_m": m, "truth_among_candidates": {...},
                "captures_mostly_within_50m": %, ...},  # with --fuse captures: zoomloc.evaluation.tracks
-     "with_photos": {"config": {"neighbours": k, "temperature": t, "weight": w}, "photos": M,
+     "with_photos": {"config": {"neighbours": k, "temperature": t, "weight": w, "heading_deg": a, "rerank": K}, "photos": M,
                      "val_recall_at_1_50": %, "fit_s": s, "recall_at_1": {...}, "recall_at_5": {...},
-                     "median_error_m": m, "fused": {...}}}
+                     "median_error_m": m, "fused": {...}, "lookup": {"recall_at_1": {...}, "median_error_m": m}}}
                               # with --with-photos: the model and its M training photos as witnesses
-                              # together (zoomloc.inference.photo_witness), their weight fitted on val
+                              # together (zoomloc.inference.photo_witness), their weight, heading limit
+                              # and re-ranking fitted on val
 
 The references put the model's figures in context: the random cell is the floor, the nearest
 training photo the rival that needs no map (:mod:`zoomloc.evaluation.references`).
@@ -131,9 +132,12 @@ class EvalReport:
             lines.append(
                 f"  + photos  R@1 within 25 / 50 / 100 m {recall}%{f', fused {fused}%' if fused else ''}, median error "
                 f"{w['median_error_m']:.1f} m: with its {w['photos']} training photos as a second witness (weight "
-                f"{c['weight']:g}, temperature {c['temperature']:g}, {c['neighbours']} neighbours, {facing(c)}; "
+                f"{c['weight']:g}, temperature {c['temperature']:g}, {c['neighbours']} neighbours, {photo_lookup(c)}; "
                 f"val {w['val_recall_at_1_50']:.1f}% within 50 m)"
             )
+            if "lookup" in w:
+                lookup = " / ".join(f"{w['lookup']['recall_at_1'][d]:.1f}" for d in ("25", "50", "100"))
+                lines.append(f"            the photo it looks up alone: R@1 within 25 / 50 / 100 m {lookup}%")
         for name, ref in m.get("references", {}).items():
             recall = " / ".join(f"{ref['recall_at_1'][d]:.1f}" for d in ("25", "50", "100"))
             lines.append(
@@ -237,10 +241,12 @@ def evaluate_run(
     return EvalReport(metrics, out, warning)
 
 
-def facing(config: dict[str, Any]) -> str:
-    """The photo witness's heading limit in words (fits kept before it had none)."""
-    limit = config.get("heading_deg")
-    return "any heading" if limit is None else f"facing within {limit:g}°"
+def photo_lookup(config: dict[str, Any]) -> str:
+    """How the photo witness looks its photos up, in words: the heading limit and the re-ranking (fits kept
+    before either was fitted have neither)."""
+    limit, rerank = config.get("heading_deg"), config.get("rerank", 0)
+    facing = "any heading" if limit is None else f"facing within {limit:g}°"
+    return f"{facing}, the best {rerank} re-ranked by their maps" if rerank else facing
 
 
 def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None:
@@ -265,9 +271,9 @@ def accuracy(loc: Localizer, street: torch.Tensor, samples: Samples, beam: int =
     the model's index adds its own figures (a zoom model: step accuracies).
     """
     truths = list(zip(samples.lon, samples.lat))
-    ids, headings = list(samples.image_ids), samples.heading_deg
-    best = loc.localize_embeddings(street, ids, beam=beam, topk=1, truths=truths, headings=headings)
-    top5 = loc.localize_embeddings(street, ids, beam=beam, topk=5, truths=truths, headings=headings)  # the search widens to 5
+    ids, clues = list(samples.image_ids), loc.clues_of(samples)
+    best = loc.localize_embeddings(street, ids, beam=beam, topk=1, truths=truths, clues=clues)
+    top5 = loc.localize_embeddings(street, ids, beam=beam, topk=5, truths=truths, clues=clues)  # the search widens to 5
     errors = np.array([r.error_m for r in best])
     top5_errors = np.full((len(top5), 5), np.inf)  # a search may give fewer (answers merged): those count as misses
     for row, r in zip(top5_errors, top5):
@@ -310,6 +316,9 @@ def with_photos(
     both, witness = with_training_photos(loc, model, city, beam=beam, progress=progress)
     best, metrics = accuracy(both, street, samples, beam)
     section = {**witness.to_json(), **{k: metrics[k] for k in ("recall_at_1", "recall_at_1_ci95", "recall_at_5", "median_error_m")}}
+    lookup = both.model.grid.to_lonlat(*both.index.lookup_xy(street, both.clues_of(samples)).T)
+    lookup_summary = summarize_errors(geodesic_m(*lookup, samples.lon, samples.lat))
+    section["lookup"] = {k: lookup_summary[k] for k in ("recall_at_1", "median_error_m")}
     errors = {"with_photos": np.array([r.error_m for r in best])}
     if fuse is not None:
         section["fused"], errors["with_photos_fused"] = fused_accuracy(both, street, samples)

@@ -42,7 +42,7 @@ def fused_accuracy(
     """Each capture of ``samples`` fused from its photos' street embeddings ``[N, D]``: the ``fused``
     section of ``metrics.json`` and the fused errors ``[N]`` (in the order of ``samples``)."""
     fusion = fusion or FusionConfig()
-    ids = list(samples.image_ids)
+    ids, clues = list(samples.image_ids), loc.clues_of(samples)
     captures = group_captures(
         ids,
         [None if np.isnan(t) else float(t) for t in samples.times_s],
@@ -64,7 +64,7 @@ def fused_accuracy(
             candidates=candidates,
             truths=list(zip(samples.lon[rows], samples.lat[rows])),
             fusion=fusion,
-            headings=samples.heading_deg[rows],
+            clues=clues[rows],
         )
         fused[rows] = track.errors_m()
         for row, photo in zip(rows, track.photos):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -40,8 +40,9 @@ from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.pyramid import PyramidReader
 from zoomloc.inference.confidence import guess_warning
 from zoomloc.inference.fusion import FusionConfig, fuse
+from zoomloc.inference.local_match import LocalMaps
 from zoomloc.inference.localization import Candidate, Localization, Step, Track, TrackPoint
-from zoomloc.models.base import LocalizationModel
+from zoomloc.models.base import Clues, LocalizationModel
 from zoomloc.models.beam import BeamResult
 from zoomloc.models.checkpoint import load_model
 from zoomloc.models.embeddings import SatEmbeddings, cached_embeddings
@@ -116,6 +117,7 @@ class Localizer:
         start = time.perf_counter()
         self.index = model.index(sat.to(device))
         self.index.temperature = temperature
+        self.local: LocalMaps | None = None  # where the index reads the queries' mid-level maps (the photo witness's re-ranking)
         # Embedding every view (whenever the cache was made) plus building the index.
         self.index_build_s = sat.build_s + time.perf_counter() - start
 
@@ -141,12 +143,23 @@ class Localizer:
     @torch.no_grad()
     def embed_photos(self, images: Sequence[Query]) -> Tensor:
         """Street embeddings ``[N, D]`` of photos (paths, PIL images or read photos), in batches."""
-        out = []
+        return torch.cat([self.model.encode_street(x) for x in self._inputs(images)])
+
+    def _inputs(self, images: Sequence[Query]) -> Iterator[Tensor]:
+        """The street encoder's inputs ``[b, 3, h, w]`` of photos, :data:`BATCH` at a time."""
         for start in range(0, len(images), BATCH):
-            batch = [_pixels(img) for img in images[start : start + BATCH]]
-            x = torch.stack([self.transforms.street(img) for img in batch]).to(self.device)
-            out.append(self.model.encode_street(x))
-        return torch.cat(out)
+            yield torch.stack([self.transforms.street(_pixels(img)) for img in images[start : start + BATCH]]).to(self.device)
+
+    def clues_of_photos(self, images: Sequence[Query], headings: Sequence[float] | None = None) -> Clues:
+        """What photos tell besides their embeddings: the compass ``headings`` given (degrees, NaN unknown) and,
+        where the index reads them, their maps."""
+        local = None if self.local is None else torch.cat([self.local.of_inputs(x) for x in self._inputs(images)])
+        return Clues(None if headings is None else np.asarray(headings, dtype=float), local)
+
+    def clues_of(self, samples: Samples) -> Clues:
+        """What a split's photos tell besides their embeddings: their recorded headings and, where the index
+        reads them, their maps from the city's local cache."""
+        return Clues(samples.heading_deg, None if self.local is None else self.local.of_ids(samples.image_ids))
 
     @torch.no_grad()
     def embed_samples(self, samples: Samples, *, workers: int = 2, progress: bool = False, cache: StreetCache | None = None) -> Tensor:
@@ -177,14 +190,14 @@ class Localizer:
         headings: Sequence[float] | None = None,
     ) -> list[Localization]:
         """Localize photos; ``truths`` (lon, lat) per photo, when known, sets each result's error; ``headings``
-        (compass degrees, NaN unknown) go to the search (:meth:`search`)."""
+        (compass degrees, NaN unknown) go to the search with the photos' other clues (:meth:`embed_photos`)."""
         names = [_name(img) for img in images]
-        compass = None if headings is None else np.asarray(headings, dtype=float)
-        return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths, headings=compass)
+        clues = self.clues_of_photos(images, headings)
+        return self.localize_embeddings(self.embed_photos(images), names, beam=beam, topk=topk, truths=truths, clues=clues)
 
-    def search(self, street_emb: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
+    def search(self, street_emb: Tensor, *, beam: int, topk: int, clues: Clues | None = None) -> list[BeamResult]:
         """The ``topk`` best terminal cells of each query ``[Q, D]``, best first (:meth:`MapIndex.search`)."""
-        return self.index.search(street_emb, beam=beam, topk=topk, headings=headings)
+        return self.index.search(street_emb, beam=beam, topk=topk, clues=clues)
 
     @torch.no_grad()
     def localize_embeddings(
@@ -195,12 +208,11 @@ class Localizer:
         beam: int = 4,
         topk: int = 4,
         truths: Sequence[tuple[float, float] | None] | None = None,
-        headings: np.ndarray | None = None,
+        clues: Clues | None = None,
     ) -> list[Localization]:
-        """Localize from precomputed street embeddings ``[N, D]``, the photos' compass ``headings`` ``[N]`` where
-        known (see :meth:`search`)."""
+        """Localize from precomputed street embeddings ``[N, D]`` and what else the photos tell (see :meth:`search`)."""
         grid = self.model.grid
-        results = self.search(street_emb.to(self.device), beam=beam, topk=topk, headings=headings)
+        results = self.search(street_emb.to(self.device), beam=beam, topk=topk, clues=clues)
         out = []
         for i, r in enumerate(results):
             lon, lat = predicted_positions(grid, r)
@@ -242,12 +254,14 @@ class Localizer:
         candidates: int = TRACK_CANDIDATES,
         truths: Sequence[tuple[float, float] | None] | None = None,
         fusion: FusionConfig | None = None,
+        headings: Sequence[float] | None = None,
     ) -> Track:
         """Localize the photos of one capture, in capture order, taken at ``times_s`` (seconds,
-        non-decreasing), as one track (see :meth:`track_embeddings`)."""
+        non-decreasing) and facing ``headings`` (compass degrees, NaN unknown), as one track (see :meth:`track_embeddings`)."""
         names = [_name(img) for img in images]
+        street, clues = self.embed_photos(images), self.clues_of_photos(images, headings)
         return self.track_embeddings(
-            self.embed_photos(images), names, times_s, capture=capture, candidates=candidates, truths=truths, fusion=fusion
+            street, names, times_s, capture=capture, candidates=candidates, truths=truths, fusion=fusion, clues=clues
         )
 
     @torch.no_grad()
@@ -261,9 +275,9 @@ class Localizer:
         candidates: int = TRACK_CANDIDATES,
         truths: Sequence[tuple[float, float] | None] | None = None,
         fusion: FusionConfig | None = None,
-        headings: np.ndarray | None = None,
+        clues: Clues | None = None,
     ) -> Track:
-        """A capture's track from its photos' street embeddings ``[T, D]`` (and compass ``headings``), in capture order.
+        """A capture's track from its photos' street embeddings ``[T, D]`` (and ``clues``), in capture order.
 
         Each photo's answer is the best of its ``candidates`` (a zoom model's beam is that wide);
         the fusion chooses among them by the times alone: no photo's GPS is read (``truths`` set
@@ -271,7 +285,7 @@ class Localizer:
         """
         if candidates < 1:
             raise InputError(f"candidates must be at least 1, got {candidates}")
-        photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths, headings=headings)
+        photos = self.localize_embeddings(street_emb, names, beam=candidates, topk=candidates, truths=truths, clues=clues)
         grid = self.model.grid
         k = max(len(p.candidates) for p in photos)  # a photo with fewer (answers merged) is padded with probability 0
         pad = [k - len(p.candidates) for p in photos]

@@ -14,7 +14,10 @@ they fail on different photos, and each knows when it is sure. So a query's answ
   query's compass heading is known, photos facing more than ``heading_deg`` away from it rank after
   every photo facing its way: a photo looking the other way down a street shows other things, and
   on the bench city leaving such photos out lifts the lookup by a half on new captures and by ten
-  points within 100 m on the paper's protocol (``benchmarks/results/bench/NOTES.md``).
+  points within 100 m on the paper's protocol (``benchmarks/results/bench/NOTES.md``). Where the
+  query's mid-level maps are known too, the ``rerank`` most similar photos are re-ranked by matching
+  them location by location (:mod:`zoomloc.inference.local_match`), and their scores stand for the
+  similarities.
 
 Candidates closer than :data:`SAME_ANSWER_CELLS` terminal cells are the same answer (a photo
 inside a cell lies that close to its centre, the centres of two neighbouring cells do not): each is
@@ -23,7 +26,7 @@ mass-weighted mean, so photos pull a cell's centre towards where they were taken
 (non-maximum suppression). The result is a :class:`~zoomloc.models.base.MapIndex` like any other,
 so evaluation, a capture's fusion, the CLI and the map use it unchanged. ``temperature`` and
 ``weight`` are chosen on validation photos (:func:`fit_photo_prior`), as the model's own
-temperature is, and ``heading_deg`` before them, by the lookup's own accuracy;
+temperature is, and ``heading_deg`` and ``rerank`` before them, by the lookup's own accuracy;
 :mod:`zoomloc.inference.photo_witness` builds it for a city.
 """
 
@@ -39,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoomloc.geo.grid import ZoomGrid
+from zoomloc.inference.local_match import RERANK, LocalMaps, rerank
 from zoomloc.inference.localize import positions_xy
-from zoomloc.models.base import MapIndex
+from zoomloc.models.base import Clues, MapIndex
 from zoomloc.models.beam import BeamResult
 
 SIMILARITY_CHUNK = 2**24  # query × photo similarities computed at once (64 MB of float32)
@@ -59,10 +63,11 @@ class PhotoPriorConfig:
     temperature: float = 0.03  # of the softmax over their cosine similarities
     weight: float = 0.5  # the photos' share of the evidence; the model keeps 1 − weight
     heading_deg: float | None = None  # photos facing farther from a query's heading rank last (None: any heading)
+    rerank: int = 0  # the most similar photos re-ranked by their mid-level maps, where a query's are known (0: none)
 
     def __post_init__(self) -> None:
-        if self.neighbours < 1 or not self.temperature > 0 or not 0 <= self.weight <= 1:
-            raise ValueError(f"need neighbours ≥ 1, temperature > 0 and weight in [0, 1], got {self}")
+        if self.neighbours < 1 or not self.temperature > 0 or not 0 <= self.weight <= 1 or self.rerank < 0:
+            raise ValueError(f"need neighbours ≥ 1, temperature > 0, weight in [0, 1] and rerank ≥ 0, got {self}")
         if self.heading_deg is not None and not 0 < self.heading_deg <= 180:
             raise ValueError(f"heading_deg must be None or in (0, 180], got {self.heading_deg}")
 
@@ -73,12 +78,15 @@ class PhotoDatabase:
     (grid metres, as recorded: a GPS fix, not the truth) and compass headings ``[M]`` (degrees clockwise from
     north, NaN where unknown). ``place`` maps a street embedding to its place embedding (the model's
     :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), so that queries come as the model's
-    search takes them."""
+    search takes them; ``local`` holds the photos' mid-level maps, at rows ``local_rows`` ``[M]`` of its cache
+    (None: the photos are not re-ranked)."""
 
     embeddings: Tensor
     xy: np.ndarray
     heading_deg: np.ndarray
     place: Callable[[Tensor], Tensor] | None = None
+    local: LocalMaps | None = None
+    local_rows: np.ndarray | None = None
 
     @classmethod
     def of(
@@ -89,39 +97,56 @@ class PhotoDatabase:
         grid: ZoomGrid,
         place: Callable[[Tensor], Tensor] | None = None,
         heading_deg: np.ndarray | None = None,
+        local: tuple[LocalMaps, np.ndarray] | None = None,
     ) -> PhotoDatabase:
         """The photos with street embeddings ``[M, D]`` taken at ``lon``/``lat`` (facing ``heading_deg``, None:
-        unknown) that lie on ``grid``'s map."""
+        unknown; their mid-level maps at ``local``'s rows ``[M]`` of its cache) that lie on ``grid``'s map."""
         x, y = grid.to_xy(lon, lat)
         inside = grid.contains_xy(x, y)
         if not inside.any():
             raise ValueError("a photo database needs at least one photo on the map")
         keep = torch.as_tensor(np.flatnonzero(inside))
         heading = np.full(len(x), np.nan) if heading_deg is None else np.asarray(heading_deg, dtype=float)
-        return cls(place_keys(street[keep], place), np.stack([x[inside], y[inside]], axis=-1), heading[inside], place)
+        maps, rows = (None, None) if local is None else (local[0], np.asarray(local[1])[inside])
+        return cls(place_keys(street[keep], place), np.stack([x[inside], y[inside]], axis=-1), heading[inside], place, maps, rows)
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     @torch.no_grad()
     def nearest(
-        self, street: Tensor, k: int, headings: np.ndarray | None = None, within_deg: float | None = None
+        self, street: Tensor, k: int, clues: Clues | None = None, within_deg: float | None = None, rerank_k: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and rows ``[Q, k']`` (k' = min(k, M)) of the k photos most like each query (street
         embeddings ``[Q, D]``), best first: their cosines, less :data:`FACING_AWAY` for a photo facing more than
-        ``within_deg`` from the query's ``headings`` ``[Q]`` (where both are known; None: any heading)."""
+        ``within_deg`` from the query's heading (``clues``; where both are known; None: any heading). With
+        ``rerank_k`` and the queries' mid-level maps, the ``rerank_k`` most similar are re-ranked by matching
+        their maps, whose scores stand for the cosines (:func:`~zoomloc.inference.local_match.rerank`)."""
+        headings = None if clues is None or within_deg is None else clues.heading_deg
+        reranking = rerank_k > 0 and self.local is not None and clues is not None and clues.local is not None
         k = min(k, len(self))
+        first = min(max(k, rerank_k), len(self)) if reranking else k
         queries = place_keys(street, self.place).to(self.embeddings.device)
         step = max(1, SIMILARITY_CHUNK // len(self))
         parts = []
         for start in range(0, len(queries), step):
             sims = queries[start : start + step] @ self.embeddings.T
-            if within_deg is not None and headings is not None:
-                query = np.asarray(headings, dtype=float)[start : start + step, None]
-                away = np.abs((query - self.heading_deg[None, :] + 180) % 360 - 180) > within_deg  # NaN: never away
-                sims = sims - FACING_AWAY * torch.from_numpy(away).to(sims)
-            parts.append(sims.topk(k, dim=1))
-        return torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
+            if headings is not None:
+                sims = sims - FACING_AWAY * torch.from_numpy(self._away(headings[start : start + step], slice(None), within_deg)).to(sims)
+            parts.append(sims.topk(first, dim=1))
+        sims, rows = torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
+        if reranking:
+            away = np.zeros(rows.shape, dtype=bool) if headings is None else self._away(headings, rows, within_deg)
+            sims, order = rerank(self.local, clues.local, self.local_rows[rows], away, FACING_AWAY)
+            rows = np.take_along_axis(rows, order, 1)
+        return sims[:, :k], rows[:, :k]
+
+    def _away(self, headings: np.ndarray, rows: np.ndarray | slice, within_deg: float) -> np.ndarray:
+        """Whether photos ``rows`` (``[Q, K]``, or every photo) face more than ``within_deg`` from each query's
+        heading ``headings`` ``[Q]``: ``[Q, K]`` (NaN on either side: never away)."""
+        query = np.asarray(headings, dtype=float)[:, None]
+        photos = self.heading_deg[rows] if isinstance(rows, np.ndarray) else self.heading_deg[None, rows]
+        return np.abs((query - photos + 180) % 360 - 180) > within_deg
 
 
 @torch.no_grad()
@@ -144,12 +169,17 @@ class PhotoPriorIndex(MapIndex):
     def temperature(self, value: float) -> None:
         self.inner.temperature = value
 
-    def search(self, street: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int, topk: int, clues: Clues | None = None) -> list[BeamResult]:
         """The ``topk`` best answers of each query ``[Q, D]`` by both witnesses; the model's own search takes
-        ``beam`` and ``topk`` as asked (a zoom's greedy answer stays one candidate), the photos the ``headings``."""
-        model = self.inner.search(street, beam=beam, topk=topk, headings=headings)
-        sims, rows = self.photos.nearest(street, self.cfg.neighbours, headings, self.cfg.heading_deg)
+        ``beam`` and ``topk`` as asked (a zoom's greedy answer stays one candidate), the photos the ``clues``."""
+        model = self.inner.search(street, beam=beam, topk=topk, clues=clues)
+        sims, rows = self.photos.nearest(street, self.cfg.neighbours, clues, self.cfg.heading_deg, self.cfg.rerank)
         return [combine(self.grid, r, self.photos.xy[rw], s, self.cfg, topk) for r, s, rw in zip(model, sims, rows)]
+
+    def lookup_xy(self, street: Tensor, clues: Clues | None = None) -> np.ndarray:
+        """Grid metres ``[Q, 2]`` of each query's most similar photo as the witness looks it up (its heading limit
+        and re-ranking): the witness's own answer, what its figures are read against."""
+        return self.photos.xy[self.photos.nearest(street, 1, clues, self.cfg.heading_deg, self.cfg.rerank)[1][:, 0]]
 
     def shuffled(self, seed: int) -> PhotoPriorIndex:
         """The model's map ablation; the photos are no map and keep their places."""
@@ -216,23 +246,28 @@ def fit_photo_prior(
     *,
     within_m: float,
     beam: int = 1,
-    headings: np.ndarray | None = None,
+    clues: Clues | None = None,
 ) -> tuple[PhotoPriorConfig, dict[str, float]]:
     """The temperature and weight under which ``index`` and ``photos`` place most validation queries (street
-    embeddings ``[Q, D]``, true positions ``[Q, 2]`` in grid metres, compass ``headings`` ``[Q]`` or None)
-    within ``within_m`` at ``beam``; ties go to the smaller weight (the model alone unless the photos add).
-    First the heading limit under which the most similar photo lies within ``within_m`` most often (ties: any
-    heading). Returns it and each (weight, temperature) pair's share (%)."""
-    model = index.search(street, beam=beam, topk=1, headings=headings)
-    heading, best_share = None, -1.0
-    for limit in FIT_HEADINGS if headings is not None else (None,):
-        rows = photos.nearest(street, 1, headings, limit)[1][:, 0]
-        share = float(np.mean(np.linalg.norm(photos.xy[rows] - truth_xy, axis=1) <= within_m))
-        if share > best_share:
-            heading, best_share = limit, share
-    base = PhotoPriorConfig(heading_deg=heading)
+    embeddings ``[Q, D]``, true positions ``[Q, 2]`` in grid metres, what else they tell in ``clues``) within
+    ``within_m`` at ``beam``; ties go to the smaller weight (the model alone unless the photos add). First the
+    photo lookup itself, by the share of queries whose most similar photo lies within ``within_m`` (ties: the
+    simpler lookup): the heading limit, then whether the best :data:`~zoomloc.inference.local_match.RERANK`
+    are re-ranked by their maps (where the queries' and the photos' are known). Returns it and each (weight,
+    temperature) pair's share (%)."""
+    model = index.search(street, beam=beam, topk=1, clues=clues)
+
+    def lookup_share(limit: float | None, rerank_k: int) -> float:
+        rows = photos.nearest(street, 1, clues, limit, rerank_k)[1][:, 0]
+        return float(np.mean(np.linalg.norm(photos.xy[rows] - truth_xy, axis=1) <= within_m))
+
+    known_headings = clues is not None and clues.heading_deg is not None
+    heading = max(FIT_HEADINGS if known_headings else (None,), key=lambda limit: (lookup_share(limit, 0), limit is None))
+    maps_known = clues is not None and clues.local is not None and photos.local is not None
+    reranked = maps_known and lookup_share(heading, RERANK) > lookup_share(heading, 0)
+    base = PhotoPriorConfig(heading_deg=heading, rerank=RERANK if reranked else 0)
     tried: dict[str, float] = {}
-    sims, rows = photos.nearest(street, base.neighbours, headings, heading)
+    sims, rows = photos.nearest(street, base.neighbours, clues, heading, base.rerank)
     best, best_share = replace(base, weight=0.0), -1.0
     # weight 0 is the model alone at any temperature: tried once
     pairs = [(0.0, FIT_TEMPERATURES[0]), *((w, t) for w, t in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES) if w > 0)]

@@ -5,7 +5,9 @@ on: its split's training photos, their street embeddings from the street cache t
 with (built once where it is missing, as training builds it), and the witness's weight fitted on
 the split's val photos. The fit takes seconds to a minute on a large city, so it is kept beside
 the cache (``photo_prior_<key>.json``, the key naming the checkpoint, the photos, the split and the
-beam) and a later query pays only the search among the photos.
+beam) and a later query pays only the search among the photos. Where the street encoder has a
+mid-level map to match photos by, the city's local cache (built once, as the street cache is) lets
+the fit try re-ranking the photos by their maps, and the queries' maps go with them where it pays.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from typing import Any
 from zoomloc.core.atomic import write_text
 from zoomloc.core.errors import InputError
 from zoomloc.data.samples import Samples
-from zoomloc.data.street_cache import CacheViews, street_cache
+from zoomloc.data.street_cache import CacheViews, local_cache, street_cache
 from zoomloc.geo.citydir import CityDir
+from zoomloc.inference.local_match import LocalMaps
 from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import PhotoDatabase, PhotoPriorConfig, PhotoPriorIndex, fit_photo_prior
+from zoomloc.models.base import Clues
 from zoomloc.models.checkpoint import read_info, resolve_checkpoint
 
-FIT_VERSION = 2  # 2: the heading limit too; a fit kept by an earlier version is not read back
+FIT_VERSION = 3  # 2: the heading limit too, 3: the re-ranking too; a fit kept by an earlier version is not read back
 SELECTION_M = 50.0  # what a checkpoint is selected by (R@1 within 50 m), and so what the witness's weight is fitted for
 
 
@@ -64,29 +68,36 @@ def with_training_photos(
     if loc.model.encoder_cfg.freeze != "none":  # a street encoder trained whole has no trunk to cache
         cache = street_cache(loc.model.encoders, city, cv.augment, views=cv.views, seed=cv.seed, workers=workers, progress=progress)
     train, val = Samples.from_city(city, "train", grid), Samples.from_city(city, "val", grid)
+    fit_path = city.embeddings_dir / f"photo_prior_{_key(model_path, city, beam)}.json"
+    kept = json.loads(fit_path.read_text()) if fit_path.is_file() else None
+    local = None
+    if loc.model.encoders.street_local_cut is not None and (kept is None or kept["config"].get("rerank", 0)):
+        local = LocalMaps(local_cache(loc.model.encoders, city, workers=workers, progress=progress), loc.model.encoders)
     try:
         street = loc.embed_samples(train, cache=cache, workers=workers)
-        database = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding, train.heading_deg)
-        fit_path = city.embeddings_dir / f"photo_prior_{_key(model_path, city, beam)}.json"
-        if fit_path.is_file():
-            kept = json.loads(fit_path.read_text())
+        maps = None if local is None else (local, local.cache.rows_of(train.image_ids))
+        database = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding, train.heading_deg, maps)
+        if kept is not None:
             witness = PhotoWitness(PhotoPriorConfig(**kept["config"]), len(database), kept["val_recall_at_1_50"], 0.0)
         else:
             if len(val) == 0:
                 raise InputError("the split has no val photos to fit the training photos' weight on", city.split_csv)
             start = time.perf_counter()
             val_street = loc.embed_samples(val, cache=cache, workers=workers)
-            cfg, tried = fit_photo_prior(
-                loc.index, database, grid, val_street, val.xy(grid), within_m=SELECTION_M, beam=beam, headings=val.heading_deg
-            )
+            clues = Clues(val.heading_deg, None if local is None else local.of_ids(val.image_ids))
+            cfg, tried = fit_photo_prior(loc.index, database, grid, val_street, val.xy(grid), within_m=SELECTION_M, beam=beam, clues=clues)
             witness = PhotoWitness(cfg, len(database), max(tried.values()), time.perf_counter() - start)
             fit_path.parent.mkdir(exist_ok=True)
             write_text(fit_path, json.dumps(witness.to_json(), indent=2) + "\n")
     finally:
         if cache is not None:
             cache.close()
+    if local is not None and not witness.config.rerank:  # the fit found no gain in the maps: queries need none
+        local.cache.close()
+        database, local = dataclasses.replace(database, local=None, local_rows=None), None
     both = copy.copy(loc)
     both.index = PhotoPriorIndex(loc.index, database, grid, witness.config)
+    both.local = local
     return both, witness
 
 

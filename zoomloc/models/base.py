@@ -34,6 +34,21 @@ class LossSettings:
     lost_uniform: bool = False  # steps from a wrong parent (a rollout's) target the uniform distribution
 
 
+@dataclass(frozen=True)
+class Clues:
+    """What queries tell besides their street embeddings, row-aligned with them, each None where not known: the
+    compass ``heading_deg`` ``[Q]`` (degrees clockwise from north, NaN for a photo without one) and ``local``, the
+    street encoder's mid-level maps as unit descriptors ``[Q, h, w, C]`` (:mod:`zoomloc.inference.local_match`).
+    An index that reads them (the training photos' witness) does; a model's own search ignores them."""
+
+    heading_deg: np.ndarray | None = None
+    local: Tensor | None = None
+
+    def __getitem__(self, rows: np.ndarray | list[int] | slice) -> Clues:
+        """The clues of queries ``rows``."""
+        return Clues(None if self.heading_deg is None else self.heading_deg[rows], None if self.local is None else self.local[rows])
+
+
 class MapIndex(ABC):
     """A model bound to one pyramid's view embeddings: what a query searches.
 
@@ -46,11 +61,10 @@ class MapIndex(ABC):
     temperature: float = 1.0
 
     @abstractmethod
-    def search(self, street: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int, topk: int, clues: Clues | None = None) -> list[BeamResult]:
         """The ``topk`` best terminal cells of each street embedding ``[Q, D]``, best first, in
         bounded memory whatever the number of queries (``beam`` applies to kinds with ``has_beam``).
-        ``headings`` ``[Q]`` are the queries' compass headings (degrees clockwise from north, NaN where
-        unknown), for an index that reads them (the training photos' witness); a model's own ignores them."""
+        ``clues`` are what else the queries tell (:class:`Clues`), for an index that reads them."""
 
     @property
     @abstractmethod

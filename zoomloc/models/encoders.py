@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from zoomloc.core.errors import ConfigError, InputError
 from zoomloc.models.pooling import GeM, NetVLAD
-from zoomloc.models.trunk import BackboneCut, cut_backbone
+from zoomloc.models.trunk import BackboneCut, cut_backbone, cut_backbone_at_stride
 
 WEIGHT_SOURCES = ("none", "hub", "efficientnet-lite0")
 _FREEZE = re.compile(r"none|all|all_but_last_(\d+)")
@@ -55,6 +55,7 @@ _LITE0_MODEL = "tf_efficientnet_lite0"
 _CHECKPOINT_BACKBONES = "encoders.backbones."  # where a zoomloc checkpoint keeps its views' backbones
 _POOL = "global_pool."  # a learned pooling's tensors (GeM's exponent, NetVLAD's), in a zoomloc checkpoint
 POOLS = ("avg", "gem", "netvlad")
+LOCAL_STRIDE = 16  # the mid-level maps photos are matched by: Lite0's blocks.4 (112 × 8 × 16 of a 128 × 256 photo)
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,20 @@ class ViewEncoders(nn.Module):
     def sat_cut(self) -> BackboneCut:
         """The satellite backbone as a frozen trunk and the tail that trains (:mod:`zoomloc.data.sat_cache` caches the trunk)."""
         return cut_backbone(self.backbone("sat"), self.cfg.name, (self.cfg.sat_size,) * 2, view="satellite")
+
+    @functools.cached_property
+    def street_local_cut(self) -> BackboneCut | None:
+        """The street backbone cut after its last map at stride :data:`LOCAL_STRIDE`, whatever trains (None where
+        it has none): its trunk gives the mid-level maps that :mod:`zoomloc.inference.local_match` compares."""
+        return cut_backbone_at_stride(self.backbone("street"), LOCAL_STRIDE, self.cfg.name, self.cfg.street_size)
+
+    def street_local(self, images: Tensor) -> Tensor:
+        """The mid-level maps ``[B, n, C, h, w]`` of ``[B, n, 3, h, w]`` photo crops (see :attr:`street_local_cut`)."""
+        if self.street_local_cut is None:
+            raise InputError(f"the street encoder {self.cfg.name} has no feature map at stride {LOCAL_STRIDE} to match photos by")
+        b, n = images.shape[:2]
+        out = self.street_local_cut.trunk(_channels_last(images.flatten(0, 1)))
+        return out.view(b, n, *out.shape[1:])
 
     def street_trunk(self, images: Tensor) -> Tensor:
         """The frozen trunk's output ``[B, n, ...]`` for ``[B, n, 3, h, w]`` photo crops: what the street cache stores."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from zoomloc.geo.grid import ZoomGrid
-from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
+from zoomloc.models.base import Batch, Clues, LocalizationModel, LossSettings, MapIndex, Objective
 from zoomloc.models.beam import BeamResult
 from zoomloc.models.contrastive import MAX_LOGIT_SCALE, CellHeads, info_nce, own_pair_accuracy
 from zoomloc.models.embeddings import SatEmbeddings
@@ -139,7 +139,7 @@ class RetrievalIndex(MapIndex):
         return self.embeddings.numel() * self.embeddings.element_size()
 
     @torch.no_grad()
-    def search(self, street: Tensor, *, beam: int = 1, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int = 1, topk: int, clues: Clues | None = None) -> list[BeamResult]:
         """The ``topk`` most similar cells of each unit street embedding ``[Q, dim]``, best first
         (an exact search: ``beam`` does not apply).
 

@@ -65,9 +65,9 @@ def _trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _chain(backbone: nn.Module, opening: str | None = None) -> list[tuple[str, nn.Module]]:
+def _chain(backbone: nn.Module, opening: str | None = None, open_all: bool = False) -> list[tuple[str, nn.Module]]:
     """``forward_features``' modules in order, partly frozen ``nn.Sequential`` containers opened,
-    and those holding the module named ``opening``."""
+    and those holding the module named ``opening`` (every one with ``open_all``)."""
     children = list(backbone.named_children())
     names = [n for n, _ in children]
     if HEAD not in names or not hasattr(backbone, "forward_head"):
@@ -77,7 +77,7 @@ def _chain(backbone: nn.Module, opening: str | None = None) -> list[tuple[str, n
     def add(name: str, module: nn.Module) -> None:
         mixed = _trains(module) and not all(p.requires_grad for p in module.parameters())
         holds = opening is not None and opening.startswith(f"{name}.")
-        if isinstance(module, nn.Sequential) and (mixed or holds):
+        if isinstance(module, nn.Sequential) and (mixed or holds or open_all):
             for child_name, child in module.named_children():
                 add(f"{name}.{child_name}", child)
         else:
@@ -117,6 +117,24 @@ def cut_backbone_at(backbone: nn.Module, at: str, model_name: str, input_size: t
     if first is None or first == 0:
         raise InputError(f"{refusal} (no such module after its first one in its chain)")
     return _checked(_split(backbone, chain, first), backbone, input_size, refusal, "")
+
+
+def cut_backbone_at_stride(backbone: nn.Module, stride: int, model_name: str, input_size: tuple[int, int]) -> BackboneCut | None:
+    """``backbone`` cut after the last module of its chain whose output is a feature map at ``stride`` (one
+    location per ``stride`` × ``stride`` input pixels), whatever trains; None where no module's is (a vision
+    transformer's tokens, a backbone whose forward is no chain). The trunk's output is then the backbone's
+    mid-level map at that resolution, found by shape alone, so any convolutional timm backbone has one."""
+    chain = _chain(backbone, open_all=True)
+    last = None
+    with evaluating(backbone), torch.no_grad():
+        x = torch.zeros(1, 3, *input_size, device=next(backbone.parameters()).device)
+        for i, (_, module) in enumerate(chain):
+            x = module(x)
+            if x.dim() == 4 and x.shape[-2:] == (input_size[0] // stride, input_size[1] // stride):
+                last = i
+    if last is None or last + 1 >= len(chain):
+        return None
+    return cut_backbone_at(backbone, chain[last + 1][0], model_name, input_size)
 
 
 def _split(backbone: nn.Module, chain: list[tuple[str, nn.Module]], first: int) -> BackboneCut:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from zoomloc.core.errors import ConfigError
 from zoomloc.geo.grid import ZoomGrid
-from zoomloc.models.base import Batch, LocalizationModel, LossSettings, MapIndex, Objective
+from zoomloc.models.base import Batch, Clues, LocalizationModel, LossSettings, MapIndex, Objective
 from zoomloc.models.beam import BeamResult, beam_search
 from zoomloc.models.contrastive import CellHeads, info_nce, own_pair_accuracy
 from zoomloc.models.embeddings import SatEmbeddings
@@ -144,7 +144,7 @@ class ZoomIndex(MapIndex):
     def __init__(self, policy: ZoomPolicy, sat: SatEmbeddings):
         self.policy, self.sat = policy, sat
 
-    def search(self, street: Tensor, *, beam: int, topk: int, headings: np.ndarray | None = None) -> list[BeamResult]:
+    def search(self, street: Tensor, *, beam: int, topk: int, clues: Clues | None = None) -> list[BeamResult]:
         """The ``topk`` best paths of a beam search of width ``max(beam, topk)``: a search keeps only
         ``beam`` paths, so asking for more candidates widens it."""
         return [

@@ -49,7 +49,7 @@ from zoomloc.core.atomic import write_text
 from zoomloc.core.config import load_yaml
 from zoomloc.core.errors import ConfigError
 from zoomloc.data.samples import Samples
-from zoomloc.evaluation.evaluate import EvalReport, evaluate_run, facing, plot_error_cdfs
+from zoomloc.evaluation.evaluate import EvalReport, evaluate_run, photo_lookup, plot_error_cdfs
 from zoomloc.evaluation.metrics import RECALL_AT_1_M, RECALL_AT_5_M
 from zoomloc.geo.citydir import CityDir
 from zoomloc.geo.grid import ZoomGrid
@@ -491,8 +491,13 @@ def _photo_rows(z: dict[str, Any], ret: dict[str, Any], row) -> list[str]:
             [_pair(m["fused"]) if "fused" in m else "–" for m in (zp, rp)] + ["–", "–"],
         ),
         row(
-            "the photos' weight / temperature / heading (fitted on val)",
-            [f"{m['config']['weight']:g} / {m['config']['temperature']:g} / {facing(m['config'])}" for m in (zp, rp)] + ["–", "–"],
+            "R@1 within 25 / 50 / 100 m, the training photo the witness looks up, alone (%)",
+            [" / ".join(f"{m['lookup']['recall_at_1'][d]:.1f}" for d in ("25", "50", "100")) if "lookup" in m else "–" for m in (zp, rp)]
+            + ["–", "–"],
+        ),
+        row(
+            "the photos' weight / temperature / lookup (fitted on val)",
+            [f"{m['config']['weight']:g} / {m['config']['temperature']:g} / {photo_lookup(m['config'])}" for m in (zp, rp)] + ["–", "–"],
         ),
     ]
 

@@ -1,0 +1,96 @@
+"""Photos matched location by location (zoomloc.inference.local_match) and the photo witness re-ranking by it."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoomloc.data.samples import Samples
+from zoomloc.data.street_cache import local_cache
+from zoomloc.geo.citydir import CityDir
+from zoomloc.inference.local_match import LocalMaps, match_scores, unit_locations
+from zoomloc.inference.localize import Localizer
+from zoomloc.inference.photo_prior import FACING_AWAY, PhotoDatabase
+from zoomloc.models.base import Clues
+
+
+def _unit(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_a_view_shifted_along_the_street_scores_above_the_same_features_scattered():
+    """A map matched with itself scores 1; shifted by a column (the same place seen a few metres on) nearly 1;
+    the same descriptors at shuffled locations far less (they are mutual nearest neighbours, but agree on no
+    shift); an unrelated map least."""
+    h, w, c = 4, 8, 16
+    query = _unit((h, w, c), 0)
+    shifted = torch.roll(query, 1, dims=1)
+    scattered = query.reshape(h * w, c)[torch.randperm(h * w, generator=torch.Generator().manual_seed(1))].reshape(h, w, c)
+    unrelated = _unit((h, w, c), 2)
+    scores = match_scores(query[None], torch.stack([query, shifted, scattered, unrelated])[None])[0]
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[1] == pytest.approx((w - 1) / w)  # the wrapped column lies a whole map away from the shift
+    assert scores[1] > 2 * scores[2] and scores[2] > scores[3]
+
+
+def test_unit_locations_lay_a_photos_crops_side_by_side():
+    maps = torch.randn(2, 2, 16, 4, 8)  # two photos, two crops each, [C, h, w]
+    units = unit_locations(maps)
+    assert units.shape == (2, 4, 16, 16) and units.dtype == torch.float16
+    torch.testing.assert_close(units[1, :, 8:].float(), F.normalize(maps[1, 1].permute(1, 2, 0), dim=-1), atol=1e-3, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def local(trained_run, tiny_city):
+    """The tiny city's trained zoom, its training photos and their maps from the city's local cache."""
+    city = CityDir(tiny_city)
+    loc = Localizer.load(trained_run, city.pyramid_path, progress=False)
+    maps = LocalMaps(local_cache(loc.model.encoders, city, progress=False), loc.model.encoders)
+    train = Samples.from_city(city, "train", loc.model.grid)
+    yield loc, maps, train
+    maps.cache.close()
+
+
+def test_the_local_cache_holds_the_live_encoders_maps(local):
+    loc, maps, train = local
+    picks = list(train.image_ids[:3])
+    cached, live = maps.of_ids(picks), maps.of_photos([train.image_paths[i] for i in range(3)])
+    assert cached.shape[1:] == (4, 8, 112)  # Lite0's stride-16 map of the tiny city's 64 × 128 photos
+    torch.testing.assert_close(cached.float(), live.float(), atol=2e-2, rtol=2e-2)  # float16 storage
+    queried = copy.copy(loc)  # a query's maps, as `zoomloc localize` computes them beside its embedding
+    queried.local = maps
+    clues = queried.clues_of_photos([train.image_paths[i] for i in range(3)], [10.0, float("nan"), 350.0])
+    torch.testing.assert_close(clues.local.float(), live.float(), atol=1e-3, rtol=1e-3)
+    assert clues.heading_deg[0] == 10.0 and np.isnan(clues.heading_deg[1])
+    assert loc.clues_of_photos([train.image_paths[0]]).local is None  # without the witness's re-ranking: no maps
+
+
+def test_re_ranking_by_the_maps_finds_the_photo_that_the_embedding_missed(local):
+    """Each query is a training photo with the place embedding of its most similar other photo: the embedding's
+    nearest photo is that other one, and re-ranking its 20 best by their maps puts the photo itself first
+    wherever it is among them. A photo
+    facing away stays after every photo facing the query's way, re-ranked or not."""
+    loc, maps, train = local
+    street = loc.embed_samples(train, workers=0)
+    rows = maps.cache.rows_of(train.image_ids)
+    headings = np.zeros(len(train))
+    headings[7] = 180.0  # photo 7 faces away from every query
+    db = PhotoDatabase.of(street, train.lon, train.lat, loc.model.grid, loc.model.place_embedding, headings, (maps, rows))
+    queries = np.arange(0, 200, 10)
+    twins = (db.embeddings[queries] @ db.embeddings.T).topk(2).indices[:, 1].numpy()
+    clues = Clues(np.zeros(len(queries)), maps.of_rows(rows[queries]))
+    candidates = db.nearest(street[twins], 20, clues)[1]
+    assert (candidates[:, 0] == twins).all()
+    among = (candidates == queries[:, None]).any(axis=1)
+    sims, reranked = db.nearest(street[twins], 5, clues, rerank_k=20)
+    assert among.mean() > 0.5 and (reranked[among, 0] == queries[among]).all()
+    assert np.allclose(sims[among, 0], 1.0, atol=1e-2)
+    everything = len(db)
+    facing = Clues(np.zeros(1), maps.of_rows(rows[[7]]))
+    assert db.nearest(street[[7]], 1, facing, rerank_k=everything)[1][0, 0] == 7  # no heading limit: itself first
+    sims, order = db.nearest(street[[7]], everything, facing, within_deg=90.0, rerank_k=everything)
+    assert order[0, -1] == 7 and sims[0, -1] == pytest.approx(1.0 - FACING_AWAY, abs=1e-2)

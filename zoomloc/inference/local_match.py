@@ -1,0 +1,109 @@
+"""Two street photos compared location by location: how the photo witness re-ranks the training photos
+that a place embedding found.
+
+A place embedding pools a photo into one vector, and pooling throws away where things are: what a new
+capture of a street shares with an old one (a façade, a corner, seen a few metres on, under another
+sun and through another camera) is a part of the photo, not its average. Matched location by
+location, the street encoder's mid-level features (:attr:`~zoomloc.models.encoders.ViewEncoders.street_local_cut`,
+stride 16: 112 × 8 × 16 for Lite0 at 128 × 256) find the same place across captures far more often
+(``benchmarks/results/bench/NOTES.md``, eighteenth session: on the bench city's ``sequence`` split the
+nearest training photo by the zoom's cell head, facing within 30°, is within 25 m for 6.4 % of the test
+photos; its best 100 re-ranked by these matches, 14.4 %), as re-rankers of visual place recognition
+do (Patch-NetVLAD, SuperGlue-style verification), at a fraction of their cost.
+
+The score of a candidate for a query: each location's descriptor is matched to its most similar one
+in the other photo, both ways; a mutual pair counts when its column offset lies within
+:data:`MATCH_COLUMNS` of the pairs' median offset and its rows within :data:`MATCH_ROWS` (two photos of
+one place along a street see it shifted sideways, not scattered: the spatial check of Patch-NetVLAD's
+RAPID scoring, reduced to one shift); the counted pairs' cosines are summed over the query's
+locations, so 1 is a photo matched with itself and 0 one with nothing in common.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoomloc.core.errors import InputError
+from zoomloc.data.photos import street_input
+from zoomloc.data.street_cache import StreetCache
+from zoomloc.models.encoders import ViewEncoders
+
+MATCH_COLUMNS = 2  # a pair counts this many map columns from the median shift or closer (32 px at stride 16)…
+MATCH_ROWS = 1  # …and this many rows from its own (a camera's pitch and height move the view up and down a little)
+RERANK = 100  # the candidates re-ranked per query: the probe's best (30 → 13.2, 100 → 13.6, 200 → 13.1 % within 50 m)
+QUERY_CHUNK = 16  # queries matched at once: 16 × 100 candidates' maps, 46 MB of float16 for Lite0
+
+
+def unit_locations(maps: Tensor) -> Tensor:
+    """``[N, n, C, h, w]`` maps (n crops of a photo, side by side) → ``[N, h, n·w, C]`` unit descriptors (float16)."""
+    n = maps.shape[1]
+    grid = torch.cat([maps[:, i] for i in range(n)], dim=-1) if n > 1 else maps[:, 0]
+    return F.normalize(grid.float().permute(0, 2, 3, 1), dim=-1).half()
+
+
+def match_scores(query: Tensor, candidates: Tensor) -> Tensor:
+    """``[Q, K]`` scores of candidates ``[Q, K, h, w, C]`` for queries ``[Q, h, w, C]`` (see the module docstring)."""
+    q, k, h, w, c = candidates.shape
+    sims = torch.einsum("qlc,qkmc->qklm", query.reshape(q, h * w, c).float(), candidates.reshape(q, k, h * w, c).float())
+    best, forward = sims.max(dim=3)  # each query location's most similar candidate location [Q, K, L]
+    backward = sims.argmax(dim=2)  # each candidate location's most similar query location [Q, K, L]
+    here = torch.arange(h * w)
+    mutual = torch.gather(backward, 2, forward) == here
+    column_shift = (forward % w - here % w).float()
+    row_shift = forward // w - here // w
+    median = torch.where(mutual, column_shift, torch.nan).nanmedian(dim=2, keepdim=True).values
+    counted = mutual & ((column_shift - median).abs() <= MATCH_COLUMNS) & (row_shift.abs() <= MATCH_ROWS)
+    return (best * counted).sum(dim=2) / (h * w)
+
+
+@dataclass(frozen=True)
+class LocalMaps:
+    """A city's photos' mid-level maps (its local cache: :func:`~zoomloc.data.street_cache.local_cache`), read by
+    cache row, and any other photo's, encoded live by ``encoders`` (the ones that made the cache)."""
+
+    cache: StreetCache
+    encoders: ViewEncoders
+
+    def of_rows(self, rows: np.ndarray) -> Tensor:
+        """Unit descriptors ``[*rows.shape, h, w, C]`` of the cache's photos ``rows`` (any shape)."""
+        rows = np.asarray(rows)
+        maps = unit_locations(self.cache.plain(rows.ravel()))
+        return maps.view(*rows.shape, *maps.shape[1:])
+
+    def of_ids(self, image_ids: Sequence[str]) -> Tensor:
+        """Unit descriptors ``[N, h, w, C]`` of the city's photos ``image_ids``."""
+        return self.of_rows(self.cache.rows_of(image_ids))
+
+    @torch.no_grad()
+    def of_inputs(self, crops: Tensor) -> Tensor:
+        """Unit descriptors ``[N, h, w, C]`` of street encoder inputs ``[N, 3, H, W]`` or ``[N, n, 3, H, W]`` (any photo)."""
+        if crops.dim() == 4:
+            crops = crops[:, None]
+        return unit_locations(self.encoders.eval().street_local(crops))
+
+    def of_photos(self, photos: Sequence[str]) -> Tensor:
+        """Unit descriptors ``[N, h, w, C]`` of photo files (plain crops, as the cache holds them)."""
+        transforms = self.encoders.transforms()
+        return self.of_inputs(torch.stack([street_input(p, transforms) for p in photos]))
+
+
+def rerank(local: LocalMaps, query: Tensor, rows: np.ndarray, away: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates of queries ``[Q, h, w, C]`` (cache rows ``[Q, K]``) re-ranked: their scores ``[Q, K]`` by
+    :func:`match_scores`, less ``penalty`` where ``away`` ``[Q, K]`` (a photo facing away stays last), best first,
+    and the order ``[Q, K]`` that sorts them so."""
+    scores = np.empty(rows.shape)
+    for start in range(0, len(rows), QUERY_CHUNK):
+        part = slice(start, start + QUERY_CHUNK)
+        candidates = local.of_rows(rows[part])
+        if candidates.shape[2:] != query.shape[1:]:
+            raise InputError(f"the query maps {tuple(query.shape[1:])} do not fit the local cache's {tuple(candidates.shape[2:])}")
+        scores[part] = match_scores(query[part], candidates).numpy()
+    scores -= penalty * away
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), order
