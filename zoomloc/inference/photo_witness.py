@@ -89,6 +89,10 @@ def with_training_photos(
             witness = PhotoWitness(cfg, len(database), max(tried.values()), time.perf_counter() - start)
             fit_path.parent.mkdir(exist_ok=True)
             write_text(fit_path, json.dumps(witness.to_json(), indent=2) + "\n")
+    except BaseException:
+        if local is not None:
+            local.cache.close()
+        raise
     finally:
         if cache is not None:
             cache.close()
