@@ -19,7 +19,7 @@ from PIL.ExifTags import IFD, Base
 from zoomloc.core.errors import InputError
 from zoomloc.core.exif import CorruptExifError, read_capture_time
 from zoomloc.data.photos import Photo
-from zoomloc.inference.captures import expand_photos, group_captures, photo_times, read_records
+from zoomloc.inference.captures import expand_photos, group_captures, photo_headings, photo_times, read_records
 
 DATE_TIME_ORIGINAL, SUBSEC_TIME_ORIGINAL, OFFSET_TIME_ORIGINAL = 0x9003, 0x9291, 0x9011
 
@@ -159,7 +159,7 @@ def test_zoomloc_csv_with_iso_times_and_a_city_s_metadata_columns(tmp_path):
     assert stems(a, SHUFFLED) == ["a1", "a2", "a3"] and list(a.times_s) == [0.0, 3.5, 4.0]
     assert stems(b, SHUFFLED) == ["b2", "b1"] and list(b.times_s) == [0.0, 0.0]
     frame = read_records(records)
-    assert list(frame.columns) == ["image_id", "captured_at_s", "sequence_id"]
+    assert list(frame.columns) == ["image_id", "captured_at_s", "sequence_id", "heading_deg"] and (frame["heading_deg"] == 0).all()
     assert frame["captured_at_s"].iloc[0] == datetime(2026, 5, 1, 12, tzinfo=UTC).timestamp()
 
 
@@ -179,6 +179,18 @@ def test_geojson_records_are_read_like_the_csv(tmp_path):
     b, a = captures_from(tmp_path, records, order)  # seqB appears first
     assert (a.name, stems(a, order), list(a.times_s)) == ("seqA", ["2", "4", "1234567890123456"], [0.0, 2.5, 4.0])
     assert (b.name, stems(b, order), list(b.times_s)) == ("seqB", ["5", "3"], [0.0, 1.0])
+
+
+def test_records_give_the_photos_compass_headings_else_exif(tmp_path):
+    """Mapillary's compass_angle (or zoomloc's heading_deg) is what a track's photo witness filters by."""
+    records = tmp_path / "records.csv"
+    records.write_text("id,captured_at,sequence,compass_angle\na,1777640000000,s,359.5\nb,1777640001000,s,\n")
+    photos = [Photo.read(jpeg(tmp_path / f"{stem}.jpg")) for stem in "ab"]
+    headings = photo_headings(photos, read_records(records))
+    assert headings[0] == 359.5 and np.isnan(headings[1])
+    assert np.isnan(photo_headings(photos)).all()  # without records, EXIF's GPSImgDirection: these photos have none
+    records.write_text("image_id,captured_at,heading_deg\na,1777640000000,north\n")
+    assert refused(read_records, records) == f"{records}: line 2: heading_deg 'north' is no compass angle in degrees"
 
 
 def test_an_unreadable_captured_at_names_the_file_and_line(tmp_path):

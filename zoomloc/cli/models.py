@@ -114,7 +114,7 @@ def _localize(args: argparse.Namespace) -> None:
     """Photos are decoded (and a track's captures formed) before the model loads: a call with only
     unreadable files, or with captures it cannot order, fails at once."""
     from zoomloc.geo.pyramid import PyramidReader
-    from zoomloc.inference.captures import expand_photos
+    from zoomloc.inference.captures import expand_photos, photo_headings
     from zoomloc.inference.localize import Localizer
     from zoomloc.inference.report import describe, describe_track
 
@@ -132,7 +132,7 @@ def _localize(args: argparse.Namespace) -> None:
     photos = _readable_photos(paths)
     if not photos:
         raise ZoomlocError(f"none of the {len(paths)} photos could be read")
-    captures = _captures(photos, args) if args.track else None
+    captures, headings = _captures(photos, args) if args.track else (None, photo_headings(photos))
     model, city = _model_and_city(args)
     with PyramidReader(city.pyramid_path) as pyramid:  # opened once: the model's grid is checked on it, the map drawn from it
         loc = Localizer.load(model, pyramid, progress=not args.quiet)
@@ -143,11 +143,11 @@ def _localize(args: argparse.Namespace) -> None:
         truths = [photo.gps for photo in photos]
         if captures is None:
             tracks = []
-            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths, headings=_headings(photos))
+            results = loc.localize(photos, beam=args.beam, topk=topk, truths=truths, headings=headings)
             for result in results:
                 print(json.dumps(result.to_json()) if args.json else describe(result))
         else:
-            tracks = _tracks(loc, photos, captures, truths, args)
+            tracks = _tracks(loc, photos, captures, truths, headings, args)
             results = [photo for track in tracks for photo in track.photos]
             for track in tracks:
                 print(json.dumps(track.to_json()) if args.json else describe_track(track))
@@ -159,19 +159,21 @@ def _localize(args: argparse.Namespace) -> None:
 
 def _captures(photos: Sequence[Photo], args: argparse.Namespace):
     """The photos as captures, in capture order (:mod:`zoomloc.inference.captures`): by the records' sequence
-    ids and times, else by EXIF times, else by file order and ``--interval``."""
-    from zoomloc.inference.captures import group_captures, photo_times, read_records
+    ids and times, else by EXIF times, else by file order and ``--interval``; and the photos' compass headings
+    (the records', else EXIF's)."""
+    from zoomloc.inference.captures import group_captures, photo_headings, photo_times, read_records
 
     records = None if args.records is None else read_records(args.records)
     times, sequences = photo_times(photos, records, args.records)
-    return group_captures([str(p.path) for p in photos], times, sequences, interval_s=args.interval, untimed=args.untimed or "refuse")
+    captures = group_captures([str(p.path) for p in photos], times, sequences, interval_s=args.interval, untimed=args.untimed or "refuse")
+    return captures, photo_headings(photos, records)
 
 
-def _tracks(loc, photos: Sequence[Photo], captures, truths, args: argparse.Namespace):
+def _tracks(loc, photos: Sequence[Photo], captures, truths, headings: list[float], args: argparse.Namespace):
     """Each capture localized as one track; every photo is encoded once, in one pass."""
     from zoomloc.inference.fusion import CAPTURE_SPEEDS_MPS, FusionConfig
 
-    street, clues = loc.embed_photos(photos), loc.clues_of_photos(photos, _headings(photos))
+    street, clues = loc.embed_photos(photos), loc.clues_of_photos(photos, headings)
     fusion = FusionConfig(speed_mps=CAPTURE_SPEEDS_MPS[args.mode])
     return [
         loc.track_embeddings(
@@ -186,11 +188,6 @@ def _tracks(loc, photos: Sequence[Photo], captures, truths, args: argparse.Names
         )
         for c in captures
     ]
-
-
-def _headings(photos: Sequence[Photo]) -> list[float]:
-    """The photos' compass headings (EXIF ``GPSImgDirection``; NaN where a photo has none)."""
-    return [float("nan") if p.heading_deg is None else p.heading_deg for p in photos]
 
 
 def _write_outputs(args: argparse.Namespace, results, tracks, pyramid, photos: Sequence[Photo]) -> list[str]:

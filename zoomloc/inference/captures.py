@@ -35,6 +35,7 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 GEOJSON_SUFFIXES = (".geojson", ".json")
 ID_COLUMNS = ("image_id", "id")  # zoomloc's, Mapillary's
 SEQUENCE_COLUMNS = ("sequence_id", "sequence")  # zoomloc's, Mapillary's
+HEADING_COLUMNS = ("heading_deg", "compass_angle")  # zoomloc's, Mapillary's: degrees clockwise from north
 
 
 def expand_photos(paths: Sequence[Path]) -> list[Path]:
@@ -60,12 +61,13 @@ def expand_photos(paths: Sequence[Path]) -> list[Path]:
 
 
 def read_records(path: Path) -> pd.DataFrame:
-    """The capture time and capture of each photo in a records file, by ``image_id``.
+    """The capture time, capture and compass heading of each photo in a records file, by ``image_id``.
 
-    Columns ``image_id`` (str), ``captured_at_s`` (POSIX seconds, NaN when a row has none) and
-    ``sequence_id`` (str, "" when a row has none). The file is a CSV (a city's metadata.csv) or a
-    GeoJSON, with zoomloc's column names or Mapillary's (``id``, ``sequence``); ids are read as
-    text, so that Mapillary's 16-digit ids and ids like ``0042`` match file names exactly.
+    Columns ``image_id`` (str), ``captured_at_s`` (POSIX seconds, NaN when a row has none),
+    ``sequence_id`` (str, "" when a row has none) and ``heading_deg`` (degrees, NaN when a row or the
+    file has none). The file is a CSV (a city's metadata.csv) or a GeoJSON, with zoomloc's column names
+    or Mapillary's (``id``, ``sequence``, ``compass_angle``); ids are read as text, so that Mapillary's
+    16-digit ids and ids like ``0042`` match file names exactly.
     """
     path = Path(path)
     if not path.is_file():
@@ -97,7 +99,15 @@ def read_records(path: Path) -> pd.DataFrame:
             seconds = capture_seconds(None if _is_missing(value) else value, f"{path}: {unit} {i + first}")
             times[i] = np.nan if seconds is None else seconds
     sequences = [""] * len(ids) if sequence_column is None else [_text(v) for v in table[sequence_column]]
-    return pd.DataFrame({"image_id": ids, "captured_at_s": times, "sequence_id": sequences})
+    headings = np.full(len(ids), np.nan)
+    heading_column = next((c for c in HEADING_COLUMNS if c in table.columns), None)
+    if heading_column is not None:
+        for i, value in enumerate(table[heading_column]):
+            try:
+                headings[i] = np.nan if _is_missing(value) else float(value)
+            except ValueError:
+                raise InputError(f"{unit} {i + first}: {heading_column} {value!r} is no compass angle in degrees", path) from None
+    return pd.DataFrame({"image_id": ids, "captured_at_s": times, "sequence_id": sequences, "heading_deg": headings})
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -162,6 +172,16 @@ def photo_times(
         times.append(None if math.isnan(seconds) else float(seconds))
         sequences.append(sequence or None)
     return times, sequences
+
+
+def photo_headings(photos: Sequence[Photo], records: pd.DataFrame | None = None) -> list[float]:
+    """Each photo's compass heading (degrees clockwise from north, NaN when unknown): the ``records``' row of its
+    file stem where given (what the user chose to trust, as for the times; :func:`photo_times` has refused a
+    photo without one), else its EXIF ``GPSImgDirection``."""
+    if records is None:
+        return [math.nan if photo.heading_deg is None else photo.heading_deg for photo in photos]
+    rows = dict(zip(records["image_id"], records["heading_deg"]))
+    return [float(rows[photo.path.stem]) for photo in photos]
 
 
 @dataclass(frozen=True)
