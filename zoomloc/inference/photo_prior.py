@@ -256,18 +256,25 @@ def fit_photo_prior(
     are re-ranked by their maps (where the queries' and the photos' are known). Returns it and each (weight,
     temperature) pair's share (%)."""
     model = index.search(street, beam=beam, topk=1, clues=clues)
+    neighbours = PhotoPriorConfig().neighbours
 
-    def lookup_share(limit: float | None, rerank_k: int) -> float:
-        rows = photos.nearest(street, 1, clues, limit, rerank_k)[1][:, 0]
-        return float(np.mean(np.linalg.norm(photos.xy[rows] - truth_xy, axis=1) <= within_m))
+    def lookup(limit: float | None, rerank_k: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+        """The share whose most similar photo lies within ``within_m``, and the neighbours searched for it (each
+        lookup searched once: the chosen one's neighbours are what the weights are fitted on)."""
+        found = photos.nearest(street, neighbours, clues, limit, rerank_k)
+        return float(np.mean(np.linalg.norm(photos.xy[found[1][:, 0]] - truth_xy, axis=1) <= within_m)), found
 
     known_headings = clues is not None and clues.heading_deg is not None
-    heading = max(FIT_HEADINGS if known_headings else (None,), key=lambda limit: (lookup_share(limit, 0), limit is None))
-    maps_known = clues is not None and clues.local is not None and photos.local is not None
-    reranked = maps_known and lookup_share(heading, RERANK) > lookup_share(heading, 0)
-    base = PhotoPriorConfig(heading_deg=heading, rerank=RERANK if reranked else 0)
+    shares = {limit: lookup(limit, 0) for limit in (FIT_HEADINGS if known_headings else (None,))}
+    heading = max(shares, key=lambda limit: (shares[limit][0], limit is None))
+    share, (sims, rows) = shares[heading]
+    rerank_k = 0
+    if clues is not None and clues.local is not None and photos.local is not None:
+        reranked_share, reranked = lookup(heading, RERANK)
+        if reranked_share > share:
+            rerank_k, (sims, rows) = RERANK, reranked
+    base = PhotoPriorConfig(neighbours=neighbours, heading_deg=heading, rerank=rerank_k)
     tried: dict[str, float] = {}
-    sims, rows = photos.nearest(street, base.neighbours, clues, heading, base.rerank)
     best, best_share = replace(base, weight=0.0), -1.0
     # weight 0 is the model alone at any temperature: tried once
     pairs = [(0.0, FIT_TEMPERATURES[0]), *((w, t) for w, t in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES) if w > 0)]
