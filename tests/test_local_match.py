@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ import torch.nn.functional as F
 from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import local_cache
 from zoomloc.geo.citydir import CityDir
-from zoomloc.inference.local_match import LocalMaps, match_scores, unit_locations
+from zoomloc.inference.local_head import LocalHeadConfig, local_head
+from zoomloc.inference.local_match import LocalHead, LocalMaps, match_scores, unit_locations
 from zoomloc.inference.localize import Localizer
-from zoomloc.inference.photo_prior import FACING_AWAY, PhotoDatabase
+from zoomloc.inference.photo_prior import FACING_AWAY, PhotoDatabase, fit_photo_prior
 from zoomloc.models.base import Clues
 
 
@@ -94,3 +96,51 @@ def test_re_ranking_by_the_maps_finds_the_photo_that_the_embedding_missed(local)
     assert db.nearest(street[[7]], 1, facing, rerank_k=everything)[1][0, 0] == 7  # no heading limit: itself first
     sims, order = db.nearest(street[[7]], everything, facing, within_deg=90.0, rerank_k=everything)
     assert order[0, -1] == 7 and sims[0, -1] == pytest.approx(1.0 - FACING_AWAY, abs=1e-2)
+
+
+def test_a_splits_head_is_fitted_once_kept_beside_the_cache_and_describes_every_map(local, tiny_city):
+    """Fitted on the tiny city's training photos, kept (read back equal, not fitted again), and the maps read
+    through it are the plain ones through the head, the city's and a live photo's alike."""
+    loc, maps, train = local
+    city = CityDir(tiny_city)
+    args = (maps, city, train.image_ids, train.xy(loc.model.grid), train.heading_deg, train.captures, LocalHeadConfig(steps=3))
+    before = set(city.embeddings_dir.glob("local_head_*.safetensors"))
+    head = local_head(*args)
+    kept = set(city.embeddings_dir.glob("local_head_*.safetensors")) - before
+    assert head is not None and len(kept) == 1 and head.map.weight.abs().sum() > 0
+    (path,) = kept
+    stamp = path.stat().st_mtime_ns
+    again = local_head(*args)
+    assert path.stat().st_mtime_ns == stamp and all(
+        torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values())
+    )
+    through = dataclasses.replace(maps, head=head)
+    picks = list(train.image_ids[:3])
+    torch.testing.assert_close(through.of_ids(picks).float(), head(maps.of_ids(picks)).float(), atol=2e-3, rtol=2e-3)
+    live = through.of_photos([train.image_paths[i] for i in range(3)])
+    torch.testing.assert_close(live.float(), through.of_ids(picks).float(), atol=3e-2, rtol=3e-2)
+
+
+def test_the_fit_asks_for_a_head_only_where_re_ranking_pays_and_keeps_the_plain_maps_on_a_tie(local):
+    """The twins of the test above as val photos: re-ranking lifts their lookup, so the fit asks for the maps
+    through a head, once; an unfitted head changes nothing, and the simpler plain re-ranking keeps the tie.
+    Without the queries' maps there is nothing to re-rank and no head is asked for."""
+    loc, maps, train = local
+    grid = loc.model.grid
+    street = loc.embed_samples(train, workers=0)
+    rows = maps.cache.rows_of(train.image_ids)
+    db = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding, None, (maps, rows))
+    queries = np.arange(0, 200, 10)
+    twins = (db.embeddings[queries] @ db.embeddings.T).topk(2).indices[:, 1].numpy()
+    truth = train.xy(grid)[queries]
+    asked: list[int] = []
+
+    def through_head() -> LocalMaps:
+        asked.append(1)
+        return dataclasses.replace(maps, head=LocalHead(maps.cache.plain(rows[:1]).shape[2]))
+
+    clues = Clues(None, maps.of_rows(rows[queries]))
+    cfg, _ = fit_photo_prior(loc.index, db, grid, street[twins], truth, within_m=5.0, clues=clues, through_head=through_head)
+    assert asked == [1] and cfg.rerank > 0 and not cfg.local_head
+    cfg, _ = fit_photo_prior(loc.index, db, grid, street[twins], truth, within_m=5.0, clues=Clues(None, None), through_head=through_head)
+    assert asked == [1] and cfg.rerank == 0

@@ -123,6 +123,24 @@ def test_a_photo_facing_away_from_the_query_ranks_after_every_photo_facing_its_w
     assert db.nearest(query, k=3, clues=Clues(np.array([5.0, 5.0])), within_deg=180.0)[1].tolist() == [[0, 1, 2]] * 2
 
 
+def test_the_database_remembers_a_querys_neighbours_by_what_the_query_is(monkeypatch):
+    """Asked again for the same photos (a part of them, fewer neighbours) the database answers from memory, as an
+    evaluation asks for the best answer, the top 5 and each capture's track; a query whose heading changed is
+    searched anew, and only it."""
+    lon, lat = GRID.to_lonlat(np.array([500_100.0, 500_200.0, 500_300.0]), np.array([4_999_900.0] * 3))
+    db = PhotoDatabase.of(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.5, 0.866]]), lon, lat, GRID, heading_deg=np.array([185.0, 350.0, 0.0]))
+    queries, clues = torch.tensor([[1.0, 0.0], [0.6, 0.8]]), Clues(np.array([5.0, 90.0]))
+    sims, rows = db.nearest(queries, k=3, clues=clues, within_deg=45.0)
+    searched: list[int] = []
+    search = PhotoDatabase._search
+    monkeypatch.setattr(PhotoDatabase, "_search", lambda self, street, *args: searched.append(len(street)) or search(self, street, *args))
+    again_sims, again_rows = db.nearest(queries[1:], k=2, clues=clues[1:], within_deg=45.0)
+    assert searched == [] and again_rows.tolist() == rows[1:, :2].tolist() and np.array_equal(again_sims, sims[1:, :2])
+    turned = db.nearest(queries, k=3, clues=Clues(np.array([5.0, 185.0])), within_deg=45.0)[1]
+    assert searched == [1] and turned[0].tolist() == rows[0].tolist() and turned[1, 0] == 0  # now faces the first photo's way
+    assert db.nearest(queries, k=3, clues=clues, within_deg=45.0)[1].tolist() == rows.tolist() and searched == [1]
+
+
 @pytest.fixture(scope="module")
 def witnessed(trained_run, tiny_city):
     """The tiny city's trained zoom, its training photos and its val and test photos' embeddings."""
@@ -167,10 +185,10 @@ def test_evaluate_reports_the_model_with_its_photos(trained_run, tiny_city, tmp_
     m = json.loads(out.read_text())
     w = m["with_photos"]
     assert w["photos"] == int((pd.read_csv(tiny_city / "split.csv")["split"] == "train").sum())
-    assert set(w["config"]) == {"neighbours", "temperature", "weight", "heading_deg", "rerank"} and list(w["recall_at_1"]) == list(
-        m["recall_at_1"]
-    )
+    assert set(w["config"]) == {"neighbours", "temperature", "weight", "heading_deg", "rerank", "local_head"}
+    assert list(w["recall_at_1"]) == list(m["recall_at_1"])
     assert w["config"]["heading_deg"] in FIT_HEADINGS and w["config"]["rerank"] in (0, RERANK)
+    assert w["config"]["rerank"] or not w["config"]["local_head"]  # the head describes the maps a re-ranking matches
     assert list(w["lookup"]["recall_at_1"]) == list(m["recall_at_1"])  # the photo the witness looks up, alone
     table = pd.read_csv(out.parent / "errors.csv", dtype={"image_id": str})
     assert w["recall_at_1"]["50"] == pytest.approx(100 * np.mean(table["with_photos_error_m"] <= 50))

@@ -24,12 +24,13 @@ beside it::
                       "teacher_forced": {...}},  # the views shuffled among each level's cells
      "fused": {"recall_at_1": {...}, "median_error_m": m, "truth_among_candidates": {...},
                "captures_mostly_within_50m": %, ...},  # with --fuse captures: zoomloc.evaluation.tracks
-     "with_photos": {"config": {"neighbours": k, "temperature": t, "weight": w, "heading_deg": a, "rerank": K}, "photos": M,
+     "with_photos": {"config": {"neighbours": k, "temperature": t, "weight": w, "heading_deg": a, "rerank": K,
+                                "local_head": bool}, "photos": M,
                      "val_recall_at_1_50": %, "fit_s": s, "recall_at_1": {...}, "recall_at_5": {...},
                      "median_error_m": m, "fused": {...}, "lookup": {"recall_at_1": {...}, "median_error_m": m}}}
                               # with --with-photos: the model and its M training photos as witnesses
                               # together (zoomloc.inference.photo_witness), their weight, heading limit
-                              # and re-ranking fitted on val
+                              # and re-ranking (plain maps or through the local head) fitted on val
 
 The references put the model's figures in context: the random cell is the floor, the nearest
 training photo the rival that needs no map (:mod:`zoomloc.evaluation.references`).
@@ -246,7 +247,8 @@ def photo_lookup(config: dict[str, Any]) -> str:
     before either was fitted have neither)."""
     limit, rerank = config.get("heading_deg"), config.get("rerank", 0)
     facing = "any heading" if limit is None else f"facing within {limit:g}°"
-    return f"{facing}, the best {rerank} re-ranked by their maps" if rerank else facing
+    through = " through the head fitted across captures" if config.get("local_head", False) else ""
+    return f"{facing}, the best {rerank} re-ranked by their maps{through}" if rerank else facing
 
 
 def split_warning(info: dict[str, Any], city: CityDir, split: str) -> str | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from zoomloc.core.errors import InputError
 from zoomloc.data.photos import street_input
@@ -62,35 +62,57 @@ def match_scores(query: Tensor, candidates: Tensor) -> Tensor:
     return (best * counted).sum(dim=2) / (h * w)
 
 
+class LocalHead(nn.Module):
+    """Unit descriptors ``[..., C]`` mapped to the ones the matcher compares: a linear map added to them, renormalised
+    (:mod:`zoomloc.inference.local_head` fits it across captures). It starts at zero: an unfitted head changes nothing."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.map = nn.Linear(channels, channels)
+        nn.init.zeros_(self.map.weight)
+        nn.init.zeros_(self.map.bias)
+
+    def forward(self, units: Tensor) -> Tensor:
+        x = units.float()
+        return F.normalize(x + self.map(x), dim=-1)
+
+
 @dataclass(frozen=True)
 class LocalMaps:
     """A city's photos' mid-level maps (its local cache: :func:`~zoomloc.data.street_cache.local_cache`), read by
-    cache row, and any other photo's, encoded live by ``encoders`` (the ones that made the cache)."""
+    cache row, and any other photo's, encoded live by ``encoders`` (the ones that made the cache); as unit
+    descriptors, or through ``head`` where one was fitted (``of_*`` give what the matcher compares)."""
 
     cache: StreetCache
     encoders: ViewEncoders
+    head: LocalHead | None = None
 
     def of_rows(self, rows: np.ndarray) -> Tensor:
-        """Unit descriptors ``[*rows.shape, h, w, C]`` of the cache's photos ``rows`` (any shape)."""
+        """Descriptors ``[*rows.shape, h, w, C]`` of the cache's photos ``rows`` (any shape)."""
         rows = np.asarray(rows)
-        maps = unit_locations(self.cache.plain(rows.ravel()))
+        maps = self.describe(unit_locations(self.cache.plain(rows.ravel())))
         return maps.view(*rows.shape, *maps.shape[1:])
 
     def of_ids(self, image_ids: Sequence[str]) -> Tensor:
-        """Unit descriptors ``[N, h, w, C]`` of the city's photos ``image_ids``."""
+        """Descriptors ``[N, h, w, C]`` of the city's photos ``image_ids``."""
         return self.of_rows(self.cache.rows_of(image_ids))
 
     @torch.no_grad()
     def of_inputs(self, crops: Tensor) -> Tensor:
-        """Unit descriptors ``[N, h, w, C]`` of street encoder inputs ``[N, 3, H, W]`` or ``[N, n, 3, H, W]`` (any photo)."""
+        """Descriptors ``[N, h, w, C]`` of street encoder inputs ``[N, 3, H, W]`` or ``[N, n, 3, H, W]`` (any photo)."""
         if crops.dim() == 4:
             crops = crops[:, None]
-        return unit_locations(self.encoders.eval().street_local(crops))
+        return self.describe(unit_locations(self.encoders.eval().street_local(crops)))
 
     def of_photos(self, photos: Sequence[str]) -> Tensor:
-        """Unit descriptors ``[N, h, w, C]`` of photo files (plain crops, as the cache holds them)."""
+        """Descriptors ``[N, h, w, C]`` of photo files (plain crops, as the cache holds them)."""
         transforms = self.encoders.transforms()
         return self.of_inputs(torch.stack([street_input(p, transforms) for p in photos]))
+
+    @torch.no_grad()
+    def describe(self, units: Tensor) -> Tensor:
+        """Unit descriptors ``[..., C]`` (:func:`unit_locations`) as the matcher compares them: through the head, if any."""
+        return units if self.head is None else self.head(units).half()
 
 
 def rerank(local: LocalMaps, query: Tensor, rows: np.ndarray, away: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:

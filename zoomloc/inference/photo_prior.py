@@ -32,9 +32,10 @@ temperature is, and ``heading_deg`` and ``rerank`` before them, by the lookup's 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ FIT_TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.1)
 FIT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FIT_HEADINGS = (None, 90.0, 60.0, 45.0, 30.0)  # None: any heading
 FACING_AWAY = 2.0  # taken off the cosine of a photo facing away: it ranks after every photo facing the query's way
+MEMO_ROWS = 100_000  # queries whose photo neighbours a database remembers (a few hundred bytes each)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class PhotoPriorConfig:
     weight: float = 0.5  # the photos' share of the evidence; the model keeps 1 − weight
     heading_deg: float | None = None  # photos facing farther from a query's heading rank last (None: any heading)
     rerank: int = 0  # the most similar photos re-ranked by their mid-level maps, where a query's are known (0: none)
+    local_head: bool = False  # the maps matched through the head fitted across captures (:mod:`zoomloc.inference.local_head`)
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or not self.temperature > 0 or not 0 <= self.weight <= 1 or self.rerank < 0:
@@ -79,7 +82,11 @@ class PhotoDatabase:
     north, NaN where unknown). ``place`` maps a street embedding to its place embedding (the model's
     :meth:`~zoomloc.models.base.LocalizationModel.place_embedding`), so that queries come as the model's
     search takes them; ``local`` holds the photos' mid-level maps, at rows ``local_rows`` ``[M]`` of its cache
-    (None: the photos are not re-ranked)."""
+    (None: the photos are not re-ranked).
+
+    A query's neighbours are remembered by its content (embedding and clues): an evaluation asks for the same
+    test photos' neighbours several times (the best answer, the top 5, each capture's track, the lookup alone),
+    and a re-ranked lookup costs about 15 ms a query."""
 
     embeddings: Tensor
     xy: np.ndarray
@@ -87,6 +94,7 @@ class PhotoDatabase:
     place: Callable[[Tensor], Tensor] | None = None
     local: LocalMaps | None = None
     local_rows: np.ndarray | None = None
+    _memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(
@@ -122,10 +130,26 @@ class PhotoDatabase:
         ``within_deg`` from the query's heading (``clues``; where both are known; None: any heading). With
         ``rerank_k`` and the queries' mid-level maps, the ``rerank_k`` most similar are re-ranked by matching
         their maps, whose scores stand for the cosines (:func:`~zoomloc.inference.local_match.rerank`)."""
-        headings = None if clues is None or within_deg is None else clues.heading_deg
         reranking = rerank_k > 0 and self.local is not None and clues is not None and clues.local is not None
         k = min(k, len(self))
-        first = min(max(k, rerank_k), len(self)) if reranking else k
+        keys = [(digest, within_deg, rerank_k if reranking else 0) for digest in _query_digests(street, clues)]
+        todo = [i for i, key in enumerate(keys) if key not in self._memo or self._memo[key][0].shape[0] < k]
+        if todo:
+            if len(self._memo) + len(todo) > MEMO_ROWS:
+                self._memo.clear()
+            sims, rows = self._search(street[todo], k, None if clues is None else clues[todo], within_deg, rerank_k if reranking else 0)
+            self._memo.update((keys[i], (s, r)) for i, s, r in zip(todo, sims, rows))
+        found = [self._memo[key] for key in keys]
+        if not found:
+            return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
+        return np.stack([s[:k] for s, _ in found]), np.stack([r[:k] for _, r in found])
+
+    def _search(
+        self, street: Tensor, k: int, clues: Clues | None, within_deg: float | None, rerank_k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`nearest` computed (``rerank_k`` > 0 only where the queries' maps are known)."""
+        headings = None if clues is None or within_deg is None else clues.heading_deg
+        first = min(max(k, rerank_k), len(self))
         queries = place_keys(street, self.place).to(self.embeddings.device)
         step = max(1, SIMILARITY_CHUNK // len(self))
         parts = []
@@ -135,7 +159,7 @@ class PhotoDatabase:
                 sims = sims - FACING_AWAY * torch.from_numpy(self._away(headings[start : start + step], slice(None), within_deg)).to(sims)
             parts.append(sims.topk(first, dim=1))
         sims, rows = torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
-        if reranking:
+        if rerank_k:
             away = np.zeros(rows.shape, dtype=bool) if headings is None else self._away(headings, rows, within_deg)
             sims, order = rerank(self.local, clues.local, self.local_rows[rows], away, FACING_AWAY)
             rows = np.take_along_axis(rows, order, 1)
@@ -147,6 +171,18 @@ class PhotoDatabase:
         query = np.asarray(headings, dtype=float)[:, None]
         photos = self.heading_deg[rows] if isinstance(rows, np.ndarray) else self.heading_deg[None, rows]
         return np.abs((query - photos + 180) % 360 - 180) > within_deg
+
+
+def _query_digests(street: Tensor, clues: Clues | None) -> list[bytes]:
+    """One digest per query of everything its neighbours depend on: its embedding, heading and maps."""
+    parts = [street.detach().float().cpu().numpy()]
+    if clues is not None and clues.heading_deg is not None:
+        parts.append(np.asarray(clues.heading_deg, dtype=float)[:, None])
+    if clues is not None and clues.local is not None:
+        parts.append(clues.local.reshape(len(clues.local), -1).cpu().numpy())
+    return [
+        hashlib.blake2b(b"".join(np.ascontiguousarray(p[i]).tobytes() for p in parts), digest_size=16).digest() for i in range(len(street))
+    ]
 
 
 @torch.no_grad()
@@ -247,33 +283,41 @@ def fit_photo_prior(
     within_m: float,
     beam: int = 1,
     clues: Clues | None = None,
+    through_head: Callable[[], LocalMaps | None] | None = None,
 ) -> tuple[PhotoPriorConfig, dict[str, float]]:
     """The temperature and weight under which ``index`` and ``photos`` place most validation queries (street
     embeddings ``[Q, D]``, true positions ``[Q, 2]`` in grid metres, what else they tell in ``clues``) within
     ``within_m`` at ``beam``; ties go to the smaller weight (the model alone unless the photos add). First the
     photo lookup itself, by the share of queries whose most similar photo lies within ``within_m`` (ties: the
     simpler lookup): the heading limit, then whether the best :data:`~zoomloc.inference.local_match.RERANK`
-    are re-ranked by their maps (where the queries' and the photos' are known). Returns it and each (weight,
-    temperature) pair's share (%)."""
+    are re-ranked by their maps (where the queries' and the photos' are known), and where that pays, whether
+    through a head fitted across captures: ``through_head`` gives the photos' maps as the head describes them
+    (called only then: fitting one takes minutes; None: no head to fit), the queries' clues hold their plain
+    ones. Returns it and each (weight, temperature) pair's share (%)."""
     model = index.search(street, beam=beam, topk=1, clues=clues)
     neighbours = PhotoPriorConfig().neighbours
 
-    def lookup(limit: float | None, rerank_k: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+    def lookup(limit: float | None, rerank_k: int, database: PhotoDatabase = photos, queries: Clues | None = clues):
         """The share whose most similar photo lies within ``within_m``, and the neighbours searched for it (each
         lookup searched once: the chosen one's neighbours are what the weights are fitted on)."""
-        found = photos.nearest(street, neighbours, clues, limit, rerank_k)
-        return float(np.mean(np.linalg.norm(photos.xy[found[1][:, 0]] - truth_xy, axis=1) <= within_m)), found
+        found = database.nearest(street, neighbours, queries, limit, rerank_k)
+        return float(np.mean(np.linalg.norm(database.xy[found[1][:, 0]] - truth_xy, axis=1) <= within_m)), found
 
     known_headings = clues is not None and clues.heading_deg is not None
     shares = {limit: lookup(limit, 0) for limit in (FIT_HEADINGS if known_headings else (None,))}
     heading = max(shares, key=lambda limit: (shares[limit][0], limit is None))
     share, (sims, rows) = shares[heading]
-    rerank_k = 0
+    base = PhotoPriorConfig(neighbours=neighbours, heading_deg=heading)
     if clues is not None and clues.local is not None and photos.local is not None:
         reranked_share, reranked = lookup(heading, RERANK)
+        fitted = through_head() if through_head is not None and reranked_share > share else None
         if reranked_share > share:
-            rerank_k, (sims, rows) = RERANK, reranked
-    base = PhotoPriorConfig(neighbours=neighbours, heading_deg=heading, rerank=rerank_k)
+            base, share, (sims, rows) = replace(base, rerank=RERANK), reranked_share, reranked
+        if fitted is not None:
+            described = Clues(clues.heading_deg, fitted.describe(clues.local))
+            headed_share, headed = lookup(heading, RERANK, replace(photos, local=fitted), described)
+            if headed_share > share:
+                base, share, (sims, rows) = replace(base, local_head=True), headed_share, headed
     tried: dict[str, float] = {}
     best, best_share = replace(base, weight=0.0), -1.0
     # weight 0 is the model alone at any temperature: tried once

@@ -7,7 +7,9 @@ the split's val photos. The fit takes seconds to a minute on a large city, so it
 the cache (``photo_prior_<key>.json``, the key naming the checkpoint, the photos, the split and the
 beam) and a later query pays only the search among the photos. Where the street encoder has a
 mid-level map to match photos by, the city's local cache (built once, as the street cache is) lets
-the fit try re-ranking the photos by their maps, and the queries' maps go with them where it pays.
+the fit try re-ranking the photos by their maps, plain or through a head fitted on the training photos
+across captures (:mod:`zoomloc.inference.local_head`, fitted once per split and kept beside the cache),
+and the queries' maps go with them where it pays.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from zoomloc.core.errors import InputError
 from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import CacheViews, local_cache, street_cache
 from zoomloc.geo.citydir import CityDir
+from zoomloc.inference.local_head import local_head
 from zoomloc.inference.local_match import LocalMaps
 from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import PhotoDatabase, PhotoPriorConfig, PhotoPriorIndex, fit_photo_prior
 from zoomloc.models.base import Clues
 from zoomloc.models.checkpoint import read_info, resolve_checkpoint
 
-FIT_VERSION = 3  # 2: the heading limit too, 3: the re-ranking too; a fit kept by an earlier version is not read back
+FIT_VERSION = 4  # 2: the heading limit too, 3: the re-ranking too, 4: the local head too; an earlier version's fit is not read back
 SELECTION_M = 50.0  # what a checkpoint is selected by (R@1 within 50 m), and so what the witness's weight is fitted for
 
 
@@ -77,6 +80,13 @@ def with_training_photos(
         street = loc.embed_samples(train, cache=cache, workers=workers)
         maps = None if local is None else (local, local.cache.rows_of(train.image_ids))
         database = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding, train.heading_deg, maps)
+
+        def through_head() -> LocalMaps | None:
+            """The city's maps through the head fitted on these training photos, fitted once and then read back
+            (None: nothing to fit it on)."""
+            head = local_head(local, city, train.image_ids, train.xy(grid), train.heading_deg, train.captures)
+            return None if head is None else dataclasses.replace(local, head=head)
+
         if kept is not None:
             witness = PhotoWitness(PhotoPriorConfig(**kept["config"]), len(database), kept["val_recall_at_1_50"], 0.0)
         else:
@@ -85,10 +95,14 @@ def with_training_photos(
             start = time.perf_counter()
             val_street = loc.embed_samples(val, cache=cache, workers=workers)
             clues = Clues(val.heading_deg, None if local is None else local.of_ids(val.image_ids))
-            cfg, tried = fit_photo_prior(loc.index, database, grid, val_street, val.xy(grid), within_m=SELECTION_M, beam=beam, clues=clues)
+            head = None if local is None else through_head
+            cfg, tried = fit_photo_prior(
+                loc.index, database, grid, val_street, val.xy(grid), within_m=SELECTION_M, beam=beam, clues=clues, through_head=head
+            )
             witness = PhotoWitness(cfg, len(database), max(tried.values()), time.perf_counter() - start)
             fit_path.parent.mkdir(exist_ok=True)
             write_text(fit_path, json.dumps(witness.to_json(), indent=2) + "\n")
+        fitted = through_head() if witness.config.local_head else None  # read back: the fit kept it
     except BaseException:
         if local is not None:
             local.cache.close()
@@ -99,6 +113,8 @@ def with_training_photos(
     if local is not None and not witness.config.rerank:  # the fit found no gain in the maps: queries need none
         local.cache.close()
         database, local = dataclasses.replace(database, local=None, local_rows=None), None
+    elif fitted is not None:  # the maps through the head, the photos' and the queries'
+        database, local = dataclasses.replace(database, local=fitted), fitted
     both = copy.copy(loc)
     both.index = PhotoPriorIndex(loc.index, database, grid, witness.config)
     both.local = local
