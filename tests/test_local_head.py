@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -63,13 +63,16 @@ def test_the_head_learns_to_see_places_through_the_light_of_a_capture():
     maps, xy, captures = _captured_places(places=60, captures=3)
     seen = np.flatnonzero(xy[:, 0] < 100.0 * 40)  # places 0–39, every capture
     local = LocalMaps(_Maps(maps), encoders=None)  # type: ignore[arg-type]
-    cfg = LocalHeadConfig(steps=60, batch=16, lr=1e-2, negatives=8)
+    cfg = LocalHeadConfig(steps=60, passes=8.0, batch=16, lr=1e-2, negatives=8)
     head = fit_local_head(local, seen, xy[seen], np.zeros(len(seen)), captures[seen], cfg)
     unseen = torch.cat([maps[40:60], maps[100:120]])  # places 40–59, captures 0 and 1
     assert _twin_wins(None, unseen, 20) < 0.2
     assert _twin_wins(head, unseen, 20) > 0.8
     again = fit_local_head(local, seen, xy[seen], np.zeros(len(seen)), captures[seen], cfg)
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values()))  # deterministic
+    one_pass = fit_local_head(local, seen, xy[seen], np.zeros(len(seen)), captures[seen], replace(cfg, steps=1000, passes=1.0))
+    eight_steps = fit_local_head(local, seen, xy[seen], np.zeros(len(seen)), captures[seen], replace(cfg, steps=8, passes=1000.0))
+    assert torch.equal(one_pass.map.weight, eight_steps.map.weight)  # one pass over its 120 photos with a positive: 8 batches of 16
 
 
 def test_no_place_seen_by_two_captures_fits_no_head():
