@@ -351,11 +351,12 @@ def _latency_ms(loc: Localizer, samples: Samples, beam: int) -> dict[str, float]
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (MB) since it started its program.
+    """This process's peak resident memory (MB) since it started its program, or since it was forked.
 
-    Linux's VmHWM (``/proc/self/status``) belongs to the running program; ``getrusage``'s
-    ``ru_maxrss`` also keeps what the process held before ``exec`` — for a process spawned by
-    the benchmark, its parent's peak, training included — so it is only the fallback elsewhere.
+    Linux's VmHWM (``/proc/self/status``) belongs to the running program and starts again at a fork
+    (from what the child holds then: for the benchmark's evaluations, the imports of the server they
+    are forked from); ``getrusage``'s ``ru_maxrss`` also keeps what the process held before ``exec`` —
+    the benchmark's training peak — so it is only the fallback elsewhere.
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

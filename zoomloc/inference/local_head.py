@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from zoomloc.core.atomic import atomic_path
 from zoomloc.geo.citydir import CityDir
+from zoomloc.geo.headings import heading_gap_deg
 from zoomloc.inference.local_match import LocalHead, LocalMaps, match_scores, unit_locations
 
 HEAD_VERSION = 1  # what a kept head was fitted by; a head of another version is fitted anew
@@ -66,7 +67,7 @@ def cross_capture_positives(xy: np.ndarray, heading_deg: np.ndarray, captures: n
     points = shapely.points(xy)
     near = shapely.STRtree(points).query(points, predicate="dwithin", distance=cfg.positive_m)
     a, b = near
-    turn = np.abs((heading_deg[a] - heading_deg[b] + 180) % 360 - 180)
+    turn = heading_gap_deg(heading_deg[a], heading_deg[b])
     keep = (captures[a] != captures[b]) & (turn <= cfg.positive_deg)
     a, b = a[keep], b[keep]
     return np.split(b[np.argsort(a, kind="stable")], np.cumsum(np.bincount(a, minlength=len(xy)))[:-1])
@@ -84,7 +85,7 @@ def look_alike_negatives(
     for start in range(0, len(rows), POOL_CHUNK):
         part = np.arange(start, min(start + POOL_CHUNK, len(rows)))
         sims = pooled[part] @ pooled.T
-        turn = np.abs((heading_deg[part, None] - heading_deg[None] + 180) % 360 - 180)
+        turn = heading_gap_deg(heading_deg[part, None], heading_deg[None])
         sims -= 2.0 * torch.from_numpy(turn > cfg.positive_deg)
         sims[torch.arange(len(part)), torch.from_numpy(part)] = -9.0
         top = sims.topk(min(cfg.candidates, len(rows) - 1), dim=1).indices.numpy()
@@ -150,8 +151,9 @@ def local_head(
     ).hexdigest()[:16]
     path = city.embeddings_dir / f"local_head_{key}.safetensors"
     if path.is_file():
-        head = LocalHead(local.cache.plain(np.zeros(1, dtype=np.int64)).shape[2])
-        head.load_state_dict(load_file(path))
+        state = load_file(path)
+        head = LocalHead(state["map.weight"].shape[0])
+        head.load_state_dict(state)
         return head.eval().requires_grad_(False)
     head = fit_local_head(local, local.cache.rows_of(image_ids), xy, heading_deg, captures, cfg)
     if head is not None:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoomloc.geo.grid import ZoomGrid
+from zoomloc.geo.headings import heading_gap_deg
 from zoomloc.inference.local_match import RERANK, LocalMaps, rerank
 from zoomloc.inference.localize import positions_xy
 from zoomloc.models.base import Clues, MapIndex
@@ -130,14 +131,15 @@ class PhotoDatabase:
         ``within_deg`` from the query's heading (``clues``; where both are known; None: any heading). With
         ``rerank_k`` and the queries' mid-level maps, the ``rerank_k`` most similar are re-ranked by matching
         their maps, whose scores stand for the cosines (:func:`~zoomloc.inference.local_match.rerank`)."""
-        reranking = rerank_k > 0 and self.local is not None and clues is not None and clues.local is not None
+        if self.local is None or clues is None or clues.local is None:
+            rerank_k = 0  # nothing to match: the plain search
         k = min(k, len(self))
-        keys = [(digest, within_deg, rerank_k if reranking else 0) for digest in _query_digests(street, clues)]
+        keys = [(digest, within_deg, rerank_k) for digest in _query_digests(street, clues)]
         todo = [i for i, key in enumerate(keys) if key not in self._memo or self._memo[key][0].shape[0] < k]
         if todo:
             if len(self._memo) + len(todo) > MEMO_ROWS:
                 self._memo.clear()
-            sims, rows = self._search(street[todo], k, None if clues is None else clues[todo], within_deg, rerank_k if reranking else 0)
+            sims, rows = self._search(street[todo], k, None if clues is None else clues[todo], within_deg, rerank_k)
             self._memo.update((keys[i], (s, r)) for i, s, r in zip(todo, sims, rows))
         found = [self._memo[key] for key in keys]
         if not found:
@@ -170,7 +172,7 @@ class PhotoDatabase:
         heading ``headings`` ``[Q]``: ``[Q, K]`` (NaN on either side: never away)."""
         query = np.asarray(headings, dtype=float)[:, None]
         photos = self.heading_deg[rows] if isinstance(rows, np.ndarray) else self.heading_deg[None, rows]
-        return np.abs((query - photos + 180) % 360 - 180) > within_deg
+        return heading_gap_deg(query, photos) > within_deg
 
 
 def _query_digests(street: Tensor, clues: Clues | None) -> list[bytes]:

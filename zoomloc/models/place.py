@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoomloc.geo.headings import heading_gap_deg
+
 MS_ALPHA, MS_BETA, MS_BASE, MS_MARGIN = 1.0, 50.0, 0.0, 0.1
 
 
@@ -48,7 +50,7 @@ def place_pairs(xy: np.ndarray, heading_deg: np.ndarray, captures: np.ndarray, c
     xy = np.asarray(xy, dtype=np.float64)
     heading, captures = np.asarray(heading_deg, dtype=np.float64), np.asarray(captures)
     distance = np.hypot(*np.moveaxis(xy[:, None, :] - xy[None, :, :], -1, 0))
-    turn = np.abs((heading[:, None] - heading[None, :] + 180) % 360 - 180)
+    turn = heading_gap_deg(heading[:, None], heading[None, :])
     positive = (captures[:, None] != captures[None, :]) & (distance <= cfg.radius_m) & ~(turn > cfg.heading_deg)
     return positive, distance > 2 * cfg.radius_m
 
