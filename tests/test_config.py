@@ -68,3 +68,31 @@ def test_mistakes_name_file_and_key(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_yaml(Outer, tmp_path / "absent.yaml")
+
+
+def test_a_config_based_on_another_changes_only_its_own_keys(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "root.yaml").write_text("name: root\nrate: 2\nsizes: [2, 3]\ninner: {width: 64, mode: b}\n")
+    (tmp_path / "shared" / "mid.yaml").write_text("base: root.yaml\nrate: 3\n")  # relative to its own folder
+    (tmp_path / "top.yaml").write_text("base: shared/mid.yaml\nname: top\nsizes: [5, 6]\ninner: {width: 32}\n")
+    assert load_yaml(Outer, tmp_path / "shared" / "mid.yaml") == Outer("root", 3.0, (2, 3), None, Inner(64, "b"))
+    # Nested mappings merged key by key (inner.mode kept), other values replaced whole (sizes).
+    assert load_yaml(Outer, tmp_path / "top.yaml") == Outer("top", 3.0, (5, 6), None, Inner(32, "b"))
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"c.yaml": "base: absent.yaml\nname: x\n"}, "absent.yaml: no such config file"),
+        ({"c.yaml": "base: d.yaml\n", "d.yaml": "base: c.yaml\nname: x\n"}, "base: c.yaml is based on this file: a loop"),
+        ({"c.yaml": "base: c.yaml\nname: x\n"}, "base: c.yaml is based on this file: a loop"),
+        ({"c.yaml": "base: [d.yaml]\nname: x\n"}, "base: expected a config file name"),
+        ({"c.yaml": "base: d.yaml\nname: x\n", "d.yaml": "name: y\nrat: 1\n"}, r"c.yaml \(laid over .*d.yaml\): unknown key 'rat'"),
+    ],
+)
+def test_a_broken_base_is_one_line_naming_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_yaml(Outer, tmp_path / "c.yaml")
+    assert "\n" not in str(err.value)

@@ -4,6 +4,10 @@ Every config in zoomloc is a frozen dataclass; this module is the one place that
 mapping into one. It checks what a hand-edited file gets wrong — an unknown key (a typo would
 otherwise be silently ignored), a wrong type, a missing required key — and names the file and
 the dotted key in a one-line :class:`~zoomloc.core.errors.ConfigError`.
+
+A config that is another one with a few keys changed says so instead of copying it: ``base: FILE``
+(relative to its folder) is read first and the file's own keys laid over it, nested mappings key by
+key, anything else replaced whole. Paths the configs hold stay relative to the file that is loaded.
 """
 
 from __future__ import annotations
@@ -20,18 +24,46 @@ import yaml
 from zoomloc.core.errors import ConfigError, InputError
 
 T = TypeVar("T")
+BASE = "base"  # the key naming the config a file changes (see the module docstring)
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Read ``path`` and build the dataclass ``cls`` from it (see :func:`from_mapping`)."""
-    path = Path(path)
+    """Read ``path`` (laid over its ``base:`` config, if it names one) and build the dataclass ``cls`` from it
+    (see :func:`from_mapping`; a mistake names the file and the ones it is laid over)."""
+    data, bases = _read_mapping(Path(path), ())
+    return from_mapping(cls, data, source=f"{path} (laid over {', '.join(map(str, bases))})" if bases else path)
+
+
+def _read_mapping(path: Path, below: tuple[Path, ...]) -> tuple[Any, list[Path]]:
+    """``path``'s YAML, laid over its base's where it names one, and its bases, nearest first; ``below``: the
+    files based on it, which it may not name again."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("no such config file", path) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
-    return from_mapping(cls, {} if data is None else data, source=path)
+    if data is None:
+        return {}, []
+    if not isinstance(data, Mapping) or BASE not in data:
+        return data, []
+    if not isinstance(data[BASE], str):
+        raise ConfigError(f"{BASE}: expected a config file name, got {data[BASE]!r}", path)
+    base, below = path.parent / data[BASE], (*below, path.resolve())
+    if base.resolve() in below:
+        raise ConfigError(f"{BASE}: {data[BASE]} is based on this file: a loop", path)
+    under, bases = _read_mapping(base, below)
+    return _laid_over(under, {k: v for k, v in data.items() if k != BASE}), [base, *bases]
+
+
+def _laid_over(base: Any, top: Mapping) -> Any:
+    """``top``'s keys laid over mapping ``base``'s: nested mappings merged key by key, other values replaced."""
+    if not isinstance(base, Mapping):
+        return top
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _laid_over(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) else value
+    return merged
 
 
 def from_mapping(cls: type[T], data: Any, source: str | Path = "<config>", prefix: str = "") -> T:
