@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import local_cache
 from zoomloc.geo.citydir import CityDir
+from zoomloc.inference import local_match
 from zoomloc.inference.local_head import LocalHeadConfig, local_head
-from zoomloc.inference.local_match import LocalHead, LocalMaps, match_scores, unit_locations
+from zoomloc.inference.local_match import LocalHead, LocalMaps, match_scores, rerank, unit_locations
 from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import FACING_AWAY, PhotoDatabase, fit_photo_prior
 from zoomloc.models.base import Clues
@@ -96,6 +97,31 @@ def test_re_ranking_by_the_maps_finds_the_photo_that_the_embedding_missed(local)
     assert db.nearest(street[[7]], 1, facing, rerank_k=everything)[1][0, 0] == 7  # no heading limit: itself first
     sims, order = db.nearest(street[[7]], everything, facing, within_deg=90.0, rerank_k=everything)
     assert order[0, -1] == 7 and sims[0, -1] == pytest.approx(1.0 - FACING_AWAY, abs=1e-2)
+
+
+def test_re_ranking_reads_shared_candidates_once_per_block_and_scores_as_query_by_query(local, monkeypatch):
+    """Queries whose candidates overlap are re-ranked in blocks of at most DESCRIBED_PHOTOS distinct photos (a
+    chunk of queries however many it needs), each photo described once: the same scores and order as a block
+    per chunk."""
+    _, maps, train = local
+    rows = maps.cache.rows_of(train.image_ids)
+    candidates = np.random.default_rng(0).choice(rows[:60], (30, 12))  # neighbouring queries share candidates
+    query, away = maps.of_rows(rows[:30]), np.zeros(candidates.shape, dtype=bool)
+    away[:, -1] = True
+    monkeypatch.setattr(local_match, "QUERY_CHUNK", 4)
+    monkeypatch.setattr(local_match, "DESCRIBED_PHOTOS", 1)  # a block per chunk
+    alone = rerank(maps, query, candidates, away, FACING_AWAY)
+    monkeypatch.setattr(local_match, "DESCRIBED_PHOTOS", 50)
+    blocks = list(local_match._blocks(candidates))
+    assert [b.start for b, _ in blocks] == [0, *(b.stop for b, _ in blocks[:-1])] and blocks[-1][0].stop == 30
+    assert any(b.stop - b.start > 4 for b, _ in blocks) and len(blocks) > 1
+    for block, photos in blocks:
+        np.testing.assert_array_equal(photos, np.unique(candidates[block]))
+        assert len(photos) <= 50 or block.stop - block.start <= 4
+    shared = rerank(maps, query, candidates, away, FACING_AWAY)
+    np.testing.assert_array_equal(shared[1], alone[1])
+    np.testing.assert_allclose(shared[0], alone[0])
+    assert (np.take_along_axis(away, shared[1], 1)[:, -1]).all()  # the photo facing away stays last
 
 
 def test_a_splits_head_is_fitted_once_kept_beside_the_cache_and_describes_every_map(local, tiny_city):

@@ -21,7 +21,7 @@ locations, so 1 is a photo matched with itself and 0 one with nothing in common.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +38,8 @@ MATCH_COLUMNS = 2  # a pair counts this many map columns from the median shift o
 MATCH_ROWS = 1  # …and this many rows from its own (a camera's pitch and height move the view up and down a little)
 RERANK = 100  # the candidates re-ranked per query: the probe's best (30 → 13.2, 100 → 13.6, 200 → 13.1 % within 50 m)
 QUERY_CHUNK = 16  # queries matched at once: 16 × 100 candidates' maps, 46 MB of float16 for Lite0
-DESCRIBE_CHUNK = 128  # queries whose candidates are read and described once per photo: neighbouring queries share
-# most (bench city, new captures: 12 800 candidates of 128 queries are ~4 000 photos; 400 queries through the head 27 → 18 s)
+DESCRIBED_PHOTOS = 2048  # candidate photos read and described at once, each once for the queries that share it
+# (neighbouring photos of a capture share most of theirs); 2048 maps of Lite0 are 120 MB in float32, a few times that while read
 
 
 def unit_locations(maps: Tensor) -> Tensor:
@@ -122,16 +122,27 @@ def rerank(local: LocalMaps, query: Tensor, rows: np.ndarray, away: np.ndarray, 
     :func:`match_scores`, less ``penalty`` where ``away`` ``[Q, K]`` (a photo facing away stays last), best first,
     and the order ``[Q, K]`` that sorts them so."""
     scores = np.empty(rows.shape)
-    for block in range(0, len(rows), DESCRIBE_CHUNK):
-        candidates = rows[block : block + DESCRIBE_CHUNK]
-        photos, which = np.unique(candidates, return_inverse=True)
+    for block, photos in _blocks(rows):
         described = local.of_rows(photos)
         if described.shape[1:] != query.shape[1:]:
             raise InputError(f"the query maps {tuple(query.shape[1:])} do not fit the local cache's {tuple(described.shape[1:])}")
-        which = torch.from_numpy(which.reshape(candidates.shape))
+        which = torch.from_numpy(np.searchsorted(photos, rows[block]))
         for start in range(0, len(which), QUERY_CHUNK):
-            part = slice(block + start, block + start + QUERY_CHUNK)
+            part = slice(block.start + start, block.start + start + QUERY_CHUNK)
             scores[part] = match_scores(query[part], described[which[start : start + QUERY_CHUNK]]).numpy()
     scores -= penalty * away
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(scores, order, 1), order
+
+
+def _blocks(rows: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """Runs of queries (in whole chunks of :data:`QUERY_CHUNK`) whose candidates ``rows[run]`` are at most
+    :data:`DESCRIBED_PHOTOS` distinct photos (or one chunk's, however many), with those photos, sorted."""
+    start = 0
+    while start < len(rows):
+        end = min(start + QUERY_CHUNK, len(rows))
+        photos = np.unique(rows[start:end])
+        while end < len(rows) and len(more := np.union1d(photos, rows[end : end + QUERY_CHUNK])) <= DESCRIBED_PHOTOS:
+            photos, end = more, min(end + QUERY_CHUNK, len(rows))
+        yield slice(start, end), photos
+        start = end
