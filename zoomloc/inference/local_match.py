@@ -90,10 +90,8 @@ class LocalMaps:
     head: LocalHead | None = None
 
     def of_rows(self, rows: np.ndarray) -> Tensor:
-        """Descriptors ``[*rows.shape, h, w, C]`` of the cache's photos ``rows`` (any shape)."""
-        rows = np.asarray(rows)
-        maps = self.describe(unit_locations(self.cache.plain(rows.ravel())))
-        return maps.view(*rows.shape, *maps.shape[1:])
+        """Descriptors ``[len(rows), h, w, C]`` of the cache's photos ``rows``."""
+        return self.describe(unit_locations(self.cache.plain(rows)))
 
     def of_ids(self, image_ids: Sequence[str]) -> Tensor:
         """Descriptors ``[N, h, w, C]`` of the city's photos ``image_ids``."""
