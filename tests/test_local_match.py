@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from zoomloc.data.samples import Samples
 from zoomloc.data.street_cache import local_cache
 from zoomloc.geo.citydir import CityDir
-from zoomloc.inference import local_match
+from zoomloc.inference import local_match, photo_prior
 from zoomloc.inference.local_head import LocalHeadConfig, local_head
 from zoomloc.inference.local_match import LocalHead, LocalMaps, match_scores, rerank, unit_locations
 from zoomloc.inference.localize import Localizer
@@ -102,17 +102,18 @@ def test_re_ranking_by_the_maps_finds_the_photo_that_the_embedding_missed(local)
 def test_re_ranking_reads_shared_candidates_once_per_block_and_scores_as_query_by_query(local, monkeypatch):
     """Queries whose candidates overlap are re-ranked in blocks of at most DESCRIBED_PHOTOS distinct photos (a
     chunk of queries however many it needs), each photo described once: the same scores and order as a block
-    per chunk."""
+    per chunk. A chunk holds MATCHED_PAIRS pairs: fewer queries where each has more candidates."""
     _, maps, train = local
     rows = maps.cache.rows_of(train.image_ids)
     candidates = np.random.default_rng(0).choice(rows[:60], (30, 12))  # neighbouring queries share candidates
     query, away = maps.of_rows(rows[:30]), np.zeros(candidates.shape, dtype=bool)
     away[:, -1] = True
-    monkeypatch.setattr(local_match, "QUERY_CHUNK", 4)
+    monkeypatch.setattr(local_match, "MATCHED_PAIRS", 48)
+    assert [local_match._query_chunk(k) for k in (12, 24, 100)] == [4, 2, 1]
     monkeypatch.setattr(local_match, "DESCRIBED_PHOTOS", 1)  # a block per chunk
     alone = rerank(maps, query, candidates, away, FACING_AWAY)
     monkeypatch.setattr(local_match, "DESCRIBED_PHOTOS", 50)
-    blocks = list(local_match._blocks(candidates))
+    blocks = list(local_match._blocks(candidates, 4))
     assert [b.start for b, _ in blocks] == [0, *(b.stop for b, _ in blocks[:-1])] and blocks[-1][0].stop == 30
     assert any(b.stop - b.start > 4 for b, _ in blocks) and len(blocks) > 1
     for block, photos in blocks:
@@ -170,3 +171,30 @@ def test_the_fit_asks_for_a_head_only_where_re_ranking_pays_and_keeps_the_plain_
     assert asked == [1] and cfg.rerank > 0 and not cfg.local_head
     cfg, _ = fit_photo_prior(loc.index, db, grid, street[twins], truth, within_m=5.0, clues=Clues(None, None), through_head=through_head)
     assert asked == [1] and cfg.rerank == 0
+
+
+def test_the_fit_re_ranks_deeper_where_more_candidates_hold_the_photo(local, monkeypatch):
+    """Val queries searched by the embedding of a look-alike (their photo's 2nd or 15th most similar photo), with
+    their own photo's maps, so that re-ranking finds their photo where it is among the candidates: where a deeper
+    re-ranking holds more of them the fit goes deeper; where it finds no more, the shallower one keeps the tie."""
+    loc, maps, train = local
+    grid = loc.model.grid
+    street = loc.embed_samples(train, workers=0)
+    rows = maps.cache.rows_of(train.image_ids)
+    db = PhotoDatabase.of(street, train.lon, train.lat, grid, loc.model.place_embedding, None, (maps, rows))
+    monkeypatch.setattr(photo_prior, "RERANK", 2)
+    monkeypatch.setattr(photo_prior, "FIT_DEEPER_RERANKS", (30,))
+    queries = np.arange(0, 400, 10)
+    order = (db.embeddings[queries] @ db.embeddings.T).argsort(dim=1, descending=True).numpy()
+    lookalikes = np.where(np.arange(len(queries)) % 2 == 0, order[:, 1], order[:, 14])
+    # where the query's photo ranks among the look-alike's (the look-alike itself first)
+    ranks = (db.embeddings[lookalikes] @ db.embeddings.T).argsort(dim=1, descending=True).numpy()
+    own = np.array([np.flatnonzero(r == q)[0] for r, q in zip(ranks, queries)])
+    assert 0 < (own < 2).sum() < (own < 30).sum()
+
+    def fit(picked: np.ndarray) -> int:
+        truth, clues = train.xy(grid)[queries[picked]], Clues(None, maps.of_rows(rows[queries[picked]]))
+        return fit_photo_prior(loc.index, db, grid, street[lookalikes[picked]], truth, within_m=1.0, clues=clues)[0].rerank
+
+    assert fit(np.arange(len(queries))) == 30
+    assert fit(np.flatnonzero(own < 2)) == 2

@@ -17,6 +17,7 @@ from zoomloc.inference.local_match import RERANK
 from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import (
     FACING_AWAY,
+    FIT_DEEPER_RERANKS,
     FIT_HEADINGS,
     PhotoDatabase,
     PhotoPriorConfig,
@@ -187,7 +188,7 @@ def test_evaluate_reports_the_model_with_its_photos(trained_run, tiny_city, tmp_
     assert w["photos"] == int((pd.read_csv(tiny_city / "split.csv")["split"] == "train").sum())
     assert set(w["config"]) == {"neighbours", "temperature", "weight", "heading_deg", "rerank", "local_head"}
     assert list(w["recall_at_1"]) == list(m["recall_at_1"])
-    assert w["config"]["heading_deg"] in FIT_HEADINGS and w["config"]["rerank"] in (0, RERANK)
+    assert w["config"]["heading_deg"] in FIT_HEADINGS and w["config"]["rerank"] in (0, RERANK, *FIT_DEEPER_RERANKS)
     assert w["config"]["rerank"] or not w["config"]["local_head"]  # the head describes the maps a re-ranking matches
     assert list(w["lookup"]["recall_at_1"]) == list(m["recall_at_1"])  # the photo the witness looks up, alone
     table = pd.read_csv(out.parent / "errors.csv", dtype={"image_id": str})

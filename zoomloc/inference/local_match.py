@@ -37,7 +37,8 @@ from zoomloc.models.encoders import ViewEncoders
 MATCH_COLUMNS = 2  # a pair counts this many map columns from the median shift or closer (32 px at stride 16)…
 MATCH_ROWS = 1  # …and this many rows from its own (a camera's pitch and height move the view up and down a little)
 RERANK = 100  # the candidates re-ranked per query: the probe's best (30 → 13.2, 100 → 13.6, 200 → 13.1 % within 50 m)
-QUERY_CHUNK = 16  # queries matched at once: 16 × 100 candidates' maps, 46 MB of float16 for Lite0
+MATCHED_PAIRS = 1600  # (query, candidate) pairs matched at once: 16 queries × 100 candidates, 92 MB of Lite0's maps
+# in float32 and 105 MB of similarities; a deeper re-ranking matches fewer queries at once
 DESCRIBED_PHOTOS = 2048  # candidate photos read and described at once, each once for the queries that share it
 # (neighbouring photos of a capture share most of theirs); 2048 maps of Lite0 are 120 MB in float32, a few times that while read
 
@@ -54,7 +55,9 @@ def match_scores(query: Tensor, candidates: Tensor) -> Tensor:
     q, k, h, w, c = candidates.shape
     sims = torch.einsum("qlc,qkmc->qklm", query.reshape(q, h * w, c).float(), candidates.reshape(q, k, h * w, c).float())
     best, forward = sims.max(dim=3)  # each query location's most similar candidate location [Q, K, L]
-    backward = sims.argmax(dim=2)  # each candidate location's most similar query location [Q, K, L]
+    # each candidate location's most similar query location [Q, K, L]: max's indices, the same as argmax's (the
+    # first of equals) in a third of its time over a dimension that is not the last
+    backward = sims.max(dim=2).indices
     here = torch.arange(h * w)
     mutual = torch.gather(backward, 2, forward) == here
     column_shift = (forward % w - here % w).float()
@@ -120,27 +123,34 @@ def rerank(local: LocalMaps, query: Tensor, rows: np.ndarray, away: np.ndarray, 
     :func:`match_scores`, less ``penalty`` where ``away`` ``[Q, K]`` (a photo facing away stays last), best first,
     and the order ``[Q, K]`` that sorts them so."""
     scores = np.empty(rows.shape)
-    for block, photos in _blocks(rows):
-        described = local.of_rows(photos)
+    chunk = _query_chunk(rows.shape[1])
+    for block, photos in _blocks(rows, chunk):
+        # in float32 once per photo, not once per query that has it among its candidates
+        described = local.of_rows(photos).float()
         if described.shape[1:] != query.shape[1:]:
             raise InputError(f"the query maps {tuple(query.shape[1:])} do not fit the local cache's {tuple(described.shape[1:])}")
         which = torch.from_numpy(np.searchsorted(photos, rows[block]))
-        for start in range(0, len(which), QUERY_CHUNK):
-            part = slice(block.start + start, block.start + start + QUERY_CHUNK)
-            scores[part] = match_scores(query[part], described[which[start : start + QUERY_CHUNK]]).numpy()
+        for start in range(0, len(which), chunk):
+            part = slice(block.start + start, block.start + start + chunk)
+            scores[part] = match_scores(query[part], described[which[start : start + chunk]]).numpy()
     scores -= penalty * away
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(scores, order, 1), order
 
 
-def _blocks(rows: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
-    """Runs of queries (in whole chunks of :data:`QUERY_CHUNK`) whose candidates ``rows[run]`` are at most
+def _query_chunk(candidates: int) -> int:
+    """The queries matched at once when each has ``candidates``: :data:`MATCHED_PAIRS` pairs, at least one query."""
+    return max(1, MATCHED_PAIRS // max(candidates, 1))
+
+
+def _blocks(rows: np.ndarray, chunk: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Runs of queries (in whole chunks of ``chunk``) whose candidates ``rows[run]`` are at most
     :data:`DESCRIBED_PHOTOS` distinct photos (or one chunk's, however many), with those photos, sorted."""
     start = 0
     while start < len(rows):
-        end = min(start + QUERY_CHUNK, len(rows))
+        end = min(start + chunk, len(rows))
         photos = np.unique(rows[start:end])
-        while end < len(rows) and len(more := np.union1d(photos, rows[end : end + QUERY_CHUNK])) <= DESCRIBED_PHOTOS:
-            photos, end = more, min(end + QUERY_CHUNK, len(rows))
+        while end < len(rows) and len(more := np.union1d(photos, rows[end : end + chunk])) <= DESCRIBED_PHOTOS:
+            photos, end = more, min(end + chunk, len(rows))
         yield slice(start, end), photos
         start = end

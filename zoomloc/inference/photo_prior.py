@@ -26,7 +26,7 @@ mass-weighted mean, so photos pull a cell's centre towards where they were taken
 (non-maximum suppression). The result is a :class:`~zoomloc.models.base.MapIndex` like any other,
 so evaluation, a capture's fusion, the CLI and the map use it unchanged. ``temperature`` and
 ``weight`` are chosen on validation photos (:func:`fit_photo_prior`), as the model's own
-temperature is, and ``heading_deg`` and ``rerank`` before them, by the lookup's own accuracy;
+temperature is, and ``heading_deg`` and ``rerank`` (whether, and how deep) before them, by the lookup's own accuracy;
 :mod:`zoomloc.inference.photo_witness` builds it for a city.
 """
 
@@ -54,6 +54,9 @@ SAME_ANSWER_CELLS = 0.75  # candidates this many terminal cells apart or closer 
 FIT_TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.1)
 FIT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FIT_HEADINGS = (None, 90.0, 60.0, 45.0, 30.0)  # None: any heading
+# Deeper re-rankings tried once the first pays: through the head, 400 candidates found 18.1 % of the bench city's new
+# captures within 25 m, 100 found 17.2 (NOTES.md, twentieth session); each costs its depth in matching time
+FIT_DEEPER_RERANKS = (4 * RERANK,)
 FACING_AWAY = 2.0  # taken off the cosine of a photo facing away: it ranks after every photo facing the query's way
 MEMO_ROWS = 100_000  # queries whose photo neighbours a database remembers (a few hundred bytes each)
 
@@ -295,7 +298,8 @@ def fit_photo_prior(
     are re-ranked by their maps (where the queries' and the photos' are known), and where that pays, whether
     through a head fitted across captures: ``through_head`` gives the photos' maps as the head describes them
     (called only then: fitting one takes minutes; None: no head to fit), the queries' clues hold their plain
-    ones. Returns it and each (weight, temperature) pair's share (%)."""
+    ones; then whether more candidates (:data:`FIT_DEEPER_RERANKS`) re-ranked so find more. Returns it and each
+    (weight, temperature) pair's share (%)."""
     model = index.search(street, beam=beam, topk=1, clues=clues)
     neighbours = PhotoPriorConfig().neighbours
 
@@ -315,11 +319,17 @@ def fit_photo_prior(
         fitted = through_head() if through_head is not None and reranked_share > share else None
         if reranked_share > share:
             base, share, (sims, rows) = replace(base, rerank=RERANK), reranked_share, reranked
+        database, queries = photos, clues
         if fitted is not None:
             described = Clues(clues.heading_deg, fitted.describe(clues.local))
             headed_share, headed = lookup(heading, RERANK, replace(photos, local=fitted), described)
             if headed_share > share:
                 base, share, (sims, rows) = replace(base, local_head=True), headed_share, headed
+                database, queries = replace(photos, local=fitted), described
+        for depth in FIT_DEEPER_RERANKS if base.rerank else ():
+            deeper_share, deeper = lookup(heading, depth, database, queries)
+            if deeper_share > share:
+                base, share, (sims, rows) = replace(base, rerank=depth), deeper_share, deeper
     tried: dict[str, float] = {}
     best, best_share = replace(base, weight=0.0), -1.0
     # weight 0 is the model alone at any temperature: tried once
