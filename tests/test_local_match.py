@@ -176,7 +176,8 @@ def test_the_fit_asks_for_a_head_only_where_re_ranking_pays_and_keeps_the_plain_
 def test_the_fit_re_ranks_deeper_where_more_candidates_hold_the_photo(local, monkeypatch):
     """Val queries searched by the embedding of a look-alike (their photo's 2nd or 15th most similar photo), with
     their own photo's maps, so that re-ranking finds their photo where it is among the candidates: where a deeper
-    re-ranking holds more of them the fit goes deeper; where it finds no more, the shallower one keeps the tie."""
+    re-ranking holds more of them the fit goes deeper; where it finds no more, or not DEEPER_GAIN more, the
+    shallower one stays."""
     loc, maps, train = local
     grid = loc.model.grid
     street = loc.embed_samples(train, workers=0)
@@ -198,3 +199,5 @@ def test_the_fit_re_ranks_deeper_where_more_candidates_hold_the_photo(local, mon
 
     assert fit(np.arange(len(queries))) == 30
     assert fit(np.flatnonzero(own < 2)) == 2
+    monkeypatch.setattr(photo_prior, "DEEPER_GAIN", 10.0)  # more found, but not enough to pay for the depth
+    assert fit(np.arange(len(queries))) == 2

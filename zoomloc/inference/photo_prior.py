@@ -54,9 +54,11 @@ SAME_ANSWER_CELLS = 0.75  # candidates this many terminal cells apart or closer 
 FIT_TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.1)
 FIT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FIT_HEADINGS = (None, 90.0, 60.0, 45.0, 30.0)  # None: any heading
-# Deeper re-rankings tried once the first pays: through the head, 400 candidates found 18.1 % of the bench city's new
-# captures within 25 m, 100 found 17.2 (NOTES.md, twentieth session); each costs its depth in matching time
-FIT_DEEPER_RERANKS = (4 * RERANK,)
+# Deeper re-rankings tried once the first pays, kept where they find at least DEEPER_GAIN more of the val photos (a
+# share, relative): each costs its depth in every later query's matching time. Through the head, on the bench city's
+# new captures, 200 candidates found 19.4 % within 50 m where 100 found 18.4 and 400 19.5 (NOTES.md, twentieth session)
+FIT_DEEPER_RERANKS = (2 * RERANK,)
+DEEPER_GAIN = 0.01
 FACING_AWAY = 2.0  # taken off the cosine of a photo facing away: it ranks after every photo facing the query's way
 MEMO_ROWS = 100_000  # queries whose photo neighbours a database remembers (a few hundred bytes each)
 
@@ -298,8 +300,8 @@ def fit_photo_prior(
     are re-ranked by their maps (where the queries' and the photos' are known), and where that pays, whether
     through a head fitted across captures: ``through_head`` gives the photos' maps as the head describes them
     (called only then: fitting one takes minutes; None: no head to fit), the queries' clues hold their plain
-    ones; then whether more candidates (:data:`FIT_DEEPER_RERANKS`) re-ranked so find more. Returns it and each
-    (weight, temperature) pair's share (%)."""
+    ones; then whether more candidates (:data:`FIT_DEEPER_RERANKS`) re-ranked so find enough more to pay for
+    their time (:data:`DEEPER_GAIN`). Returns it and each (weight, temperature) pair's share (%)."""
     model = index.search(street, beam=beam, topk=1, clues=clues)
     neighbours = PhotoPriorConfig().neighbours
 
@@ -328,7 +330,7 @@ def fit_photo_prior(
                 database, queries = replace(photos, local=fitted), described
         for depth in FIT_DEEPER_RERANKS if base.rerank else ():
             deeper_share, deeper = lookup(heading, depth, database, queries)
-            if deeper_share > share:
+            if deeper_share >= (1 + DEEPER_GAIN) * share and deeper_share > share:
                 base, share, (sims, rows) = replace(base, rerank=depth), deeper_share, deeper
     tried: dict[str, float] = {}
     best, best_share = replace(base, weight=0.0), -1.0
