@@ -36,7 +36,8 @@ from zoomloc.models.encoders import ViewEncoders
 
 MATCH_COLUMNS = 2  # a pair counts this many map columns from the median shift or closer (32 px at stride 16)…
 MATCH_ROWS = 1  # …and this many rows from its own (a camera's pitch and height move the view up and down a little)
-RERANK = 100  # the candidates re-ranked per query: the probe's best (30 → 13.2, 100 → 13.6, 200 → 13.1 % within 50 m)
+RERANK = 100  # the candidates re-ranked per query: the frozen maps' best (30 → 13.2, 100 → 13.6, 200 → 13.1 % within 50 m);
+# through a fitted head a deeper list can pay, which the witness's fit tries (photo_prior.FIT_DEEPER_RERANKS)
 MATCHED_PAIRS = 1600  # (query, candidate) pairs matched at once: 16 queries × 100 candidates, 92 MB of Lite0's maps
 # in float32 and 105 MB of similarities; a deeper re-ranking matches fewer queries at once
 DESCRIBED_PHOTOS = 2048  # candidate photos read and described at once, each once for the queries that share it
