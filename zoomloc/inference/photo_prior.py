@@ -54,7 +54,7 @@ SAME_ANSWER_CELLS = 0.75  # candidates this many terminal cells apart or closer 
 FIT_TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.1)
 FIT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FIT_HEADINGS = (None, 90.0, 60.0, 45.0, 30.0)  # None: any heading
-# Deeper re-rankings tried once the first pays, kept where they find at least DEEPER_GAIN more of the val photos (a
+# Deeper re-rankings tried once the first pays, kept where they find more than DEEPER_GAIN more of the val photos (a
 # share, relative): each costs its depth in every later query's matching time. Through the head, on the bench city's
 # new captures, 200 candidates found 19.4 % within 50 m where 100 found 18.4 and 400 19.5 (NOTES.md, twentieth session)
 FIT_DEEPER_RERANKS = (2 * RERANK,)
@@ -330,7 +330,7 @@ def fit_photo_prior(
                 database, queries = replace(photos, local=fitted), described
         for depth in FIT_DEEPER_RERANKS if base.rerank else ():
             deeper_share, deeper = lookup(heading, depth, database, queries)
-            if deeper_share >= (1 + DEEPER_GAIN) * share and deeper_share > share:
+            if deeper_share > (1 + DEEPER_GAIN) * share:
                 base, share, (sims, rows) = replace(base, rerank=depth), deeper_share, deeper
     tried: dict[str, float] = {}
     best, best_share = replace(base, weight=0.0), -1.0

@@ -35,9 +35,9 @@ from zoomloc.inference.photo_prior import PhotoDatabase, PhotoPriorConfig, Photo
 from zoomloc.models.base import Clues
 from zoomloc.models.checkpoint import read_info, resolve_checkpoint
 
-FIT_VERSION = (
-    5  # 2: the heading limit too, 3: the re-ranking too, 4: the local head too, 5: its depth too; an earlier version's fit is not read back
-)
+# 2: the heading limit too, 3: the re-ranking too, 4: the local head too, 5: its depth too; an earlier version's fit is
+# not read back
+FIT_VERSION = 5
 SELECTION_M = 50.0  # what a checkpoint is selected by (R@1 within 50 m), and so what the witness's weight is fitted for
 
 
