@@ -323,11 +323,11 @@ def fit_photo_prior(
             base, share, (sims, rows) = replace(base, rerank=RERANK), reranked_share, reranked
         database, queries = photos, clues
         if fitted is not None:
-            described = Clues(clues.heading_deg, fitted.describe(clues.local))
-            headed_share, headed = lookup(heading, RERANK, replace(photos, local=fitted), described)
+            through, described = replace(photos, local=fitted), Clues(clues.heading_deg, fitted.describe(clues.local))
+            headed_share, headed = lookup(heading, RERANK, through, described)
             if headed_share > share:
                 base, share, (sims, rows) = replace(base, local_head=True), headed_share, headed
-                database, queries = replace(photos, local=fitted), described
+                database, queries = through, described
         for depth in FIT_DEEPER_RERANKS if base.rerank else ():
             deeper_share, deeper = lookup(heading, depth, database, queries)
             if deeper_share > (1 + DEEPER_GAIN) * share:
