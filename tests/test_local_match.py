@@ -15,7 +15,7 @@ from zoomloc.data.street_cache import local_cache
 from zoomloc.geo.citydir import CityDir
 from zoomloc.inference import local_match, photo_prior
 from zoomloc.inference.local_head import LocalHeadConfig, local_head
-from zoomloc.inference.local_match import LocalHead, LocalMaps, match_scores, rerank, unit_locations
+from zoomloc.inference.local_match import LocalHead, LocalMaps, candidate_scores, match_scores, unit_locations
 from zoomloc.inference.localize import Localizer
 from zoomloc.inference.photo_prior import FACING_AWAY, PhotoDatabase, fit_photo_prior
 from zoomloc.models.base import Clues
@@ -101,17 +101,16 @@ def test_re_ranking_by_the_maps_finds_the_photo_that_the_embedding_missed(local)
 
 def test_re_ranking_reads_shared_candidates_once_per_block_and_scores_as_query_by_query(local, monkeypatch):
     """Queries whose candidates overlap are re-ranked in blocks of at most DESCRIBED_PHOTOS distinct photos (a
-    chunk of queries however many it needs), each photo described once: the same scores and order as a block
-    per chunk. A chunk holds MATCHED_PAIRS pairs: fewer queries where each has more candidates."""
+    chunk of queries however many it needs), each photo described once: the same scores as a block per chunk,
+    and each the pair's own score. A chunk holds MATCHED_PAIRS pairs: fewer queries where each has more candidates."""
     _, maps, train = local
     rows = maps.cache.rows_of(train.image_ids)
     candidates = np.random.default_rng(0).choice(rows[:60], (30, 12))  # neighbouring queries share candidates
-    query, away = maps.of_rows(rows[:30]), np.zeros(candidates.shape, dtype=bool)
-    away[:, -1] = True
+    query = maps.of_rows(rows[:30])
     monkeypatch.setattr(local_match, "MATCHED_PAIRS", 48)
     assert [local_match._query_chunk(k) for k in (12, 24, 100)] == [4, 2, 1]
     monkeypatch.setattr(local_match, "DESCRIBED_PHOTOS", 1)  # a block per chunk
-    alone = rerank(maps, query, candidates, away, FACING_AWAY)
+    alone = candidate_scores(maps, query, candidates)
     monkeypatch.setattr(local_match, "DESCRIBED_PHOTOS", 50)
     blocks = list(local_match._blocks(candidates, 4))
     assert [b.start for b, _ in blocks] == [0, *(b.stop for b, _ in blocks[:-1])] and blocks[-1][0].stop == 30
@@ -119,10 +118,35 @@ def test_re_ranking_reads_shared_candidates_once_per_block_and_scores_as_query_b
     for block, photos in blocks:
         np.testing.assert_array_equal(photos, np.unique(candidates[block]))
         assert len(photos) <= 50 or block.stop - block.start <= 4
-    shared = rerank(maps, query, candidates, away, FACING_AWAY)
-    np.testing.assert_array_equal(shared[1], alone[1])
-    np.testing.assert_allclose(shared[0], alone[0])
-    assert (np.take_along_axis(away, shared[1], 1)[:, -1]).all()  # the photo facing away stays last
+    shared = candidate_scores(maps, query, candidates)
+    np.testing.assert_allclose(shared, alone)
+    pair = maps.of_rows(candidates[[5], [3]])[None].float()
+    assert shared[5, 3] == pytest.approx(float(match_scores(query[[5]], pair)[0, 0]), abs=1e-6)
+
+
+def test_depths_matched_at_once_give_each_depths_own_lookup(local, monkeypatch):
+    """A lookup at several re-ranking depths matches the deepest's candidates once: each depth's neighbours are
+    the ones its own lookup finds (a depth's candidates are the first of the deepest's), and each depth is
+    remembered, so that asking again searches nothing."""
+    loc, maps, train = local
+    street = loc.embed_samples(train, workers=0)
+    rows = maps.cache.rows_of(train.image_ids)
+    headings = np.where(np.arange(len(train)) % 3 == 0, 180.0, 0.0)  # every third photo faces away from the queries
+    args = (street, train.lon, train.lat, loc.model.grid, loc.model.place_embedding, headings, (maps, rows))
+    queries = np.arange(1, 200, 7)
+    clues = Clues(np.zeros(len(queries)), maps.of_rows(rows[queries]))
+    together = PhotoDatabase.of(*args).nearest_at(street[queries], 8, clues, 90.0, (0, 5, 40))
+    for depth, (sims, found) in together.items():
+        own = PhotoDatabase.of(*args).nearest(street[queries], 8, clues, 90.0, depth)
+        np.testing.assert_array_equal(found, own[1])
+        np.testing.assert_allclose(sims, own[0], atol=1e-6)
+    assert not (together[5][1] == together[40][1]).all() and not (together[0][1] == together[5][1]).all()
+    db = PhotoDatabase.of(*args)
+    db.nearest_at(street[queries], 8, clues, 90.0, (5, 40))
+    searched: list[int] = []
+    monkeypatch.setattr(PhotoDatabase, "_search", lambda self, street, *args: searched.append(len(street)) or {})
+    np.testing.assert_array_equal(db.nearest(street[queries], 8, clues, 90.0, 5)[1], together[5][1])
+    assert searched == []
 
 
 def test_a_splits_head_is_fitted_once_kept_beside_the_cache_and_describes_every_map(local, tiny_city):

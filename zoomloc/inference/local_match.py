@@ -119,10 +119,9 @@ class LocalMaps:
         return units if self.head is None else self.head(units).half()
 
 
-def rerank(local: LocalMaps, query: Tensor, rows: np.ndarray, away: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates of queries ``[Q, h, w, C]`` (cache rows ``[Q, K]``) re-ranked: their scores ``[Q, K]`` by
-    :func:`match_scores`, less ``penalty`` where ``away`` ``[Q, K]`` (a photo facing away stays last), best first,
-    and the order ``[Q, K]`` that sorts them so."""
+def candidate_scores(local: LocalMaps, query: Tensor, rows: np.ndarray) -> np.ndarray:
+    """:func:`match_scores` ``[Q, K]`` of the candidates (cache rows ``[Q, K]``) of queries ``[Q, h, w, C]``, in the
+    candidates' order: the caller ranks them (a re-ranking at several depths ranks each depth's first candidates)."""
     scores = np.empty(rows.shape)
     chunk = _query_chunk(rows.shape[1])
     for block, photos in _blocks(rows, chunk):
@@ -134,9 +133,7 @@ def rerank(local: LocalMaps, query: Tensor, rows: np.ndarray, away: np.ndarray, 
         for start in range(0, len(which), chunk):
             part = slice(block.start + start, block.start + start + chunk)
             scores[part] = match_scores(query[part], described[which[start : start + chunk]]).numpy()
-    scores -= penalty * away
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, 1), order
+    return scores
 
 
 def _query_chunk(candidates: int) -> int:

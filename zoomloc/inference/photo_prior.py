@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -44,7 +44,7 @@ from torch import Tensor
 
 from zoomloc.geo.grid import ZoomGrid
 from zoomloc.geo.headings import heading_gap_deg
-from zoomloc.inference.local_match import RERANK, LocalMaps, rerank
+from zoomloc.inference.local_match import RERANK, LocalMaps, candidate_scores
 from zoomloc.inference.localize import positions_xy
 from zoomloc.models.base import Clues, MapIndex
 from zoomloc.models.beam import BeamResult
@@ -127,7 +127,6 @@ class PhotoDatabase:
     def __len__(self) -> int:
         return len(self.embeddings)
 
-    @torch.no_grad()
     def nearest(
         self, street: Tensor, k: int, clues: Clues | None = None, within_deg: float | None = None, rerank_k: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,28 +134,35 @@ class PhotoDatabase:
         embeddings ``[Q, D]``), best first: their cosines, less :data:`FACING_AWAY` for a photo facing more than
         ``within_deg`` from the query's heading (``clues``; where both are known; None: any heading). With
         ``rerank_k`` and the queries' mid-level maps, the ``rerank_k`` most similar are re-ranked by matching
-        their maps, whose scores stand for the cosines (:func:`~zoomloc.inference.local_match.rerank`)."""
-        if self.local is None or clues is None or clues.local is None:
-            rerank_k = 0  # nothing to match: the plain search
+        their maps, whose scores stand for the cosines (:func:`~zoomloc.inference.local_match.candidate_scores`)."""
+        return self.nearest_at(street, k, clues, within_deg, (rerank_k,))[rerank_k]
+
+    @torch.no_grad()
+    def nearest_at(
+        self, street: Tensor, k: int, clues: Clues | None, within_deg: float | None, depths: Sequence[int]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`nearest` at each re-ranking depth of ``depths``, the candidates matched once: a depth's candidates
+        are the first of the deepest's, so a fit that compares depths pays for the deepest alone."""
+        matchable = self.local is not None and clues is not None and clues.local is not None
+        done_at = {depth: depth if matchable else 0 for depth in depths}  # nothing to match: the plain search
         k = min(k, len(self))
-        keys = [(digest, within_deg, rerank_k) for digest in _query_digests(street, clues)]
-        todo = [i for i, key in enumerate(keys) if key not in self._memo or self._memo[key][0].shape[0] < k]
+        digests = _query_digests(street, clues)
+        keys = {depth: [(digest, within_deg, done) for digest in digests] for depth, done in done_at.items()}
+        todo = [i for i in range(len(street)) if any(_short(self._memo.get(key[i]), k) for key in keys.values())]
         if todo:
-            if len(self._memo) + len(todo) > MEMO_ROWS:
+            if len(self._memo) + len(todo) * len(keys) > MEMO_ROWS:
                 self._memo.clear()
-            sims, rows = self._search(street[todo], k, None if clues is None else clues[todo], within_deg, rerank_k)
-            self._memo.update((keys[i], (s, r)) for i, s, r in zip(todo, sims, rows))
-        found = [self._memo[key] for key in keys]
-        if not found:
-            return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
-        return np.stack([s[:k] for s, _ in found]), np.stack([r[:k] for _, r in found])
+            found = self._search(street[todo], k, None if clues is None else clues[todo], within_deg, set(done_at.values()))
+            for depth, done in done_at.items():
+                self._memo.update((keys[depth][i], (s, r)) for i, s, r in zip(todo, *found[done]))
+        return {depth: _stacked([self._memo[key] for key in keys[depth]], k) for depth in done_at}
 
     def _search(
-        self, street: Tensor, k: int, clues: Clues | None, within_deg: float | None, rerank_k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`nearest` computed (``rerank_k`` > 0 only where the queries' maps are known)."""
+        self, street: Tensor, k: int, clues: Clues | None, within_deg: float | None, depths: set[int]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`nearest_at` computed (depths > 0 only where the queries' maps are known)."""
         headings = None if clues is None or within_deg is None else clues.heading_deg
-        first = min(max(k, rerank_k), len(self))
+        first = min(max(k, *depths), len(self))
         queries = place_keys(street, self.place).to(self.embeddings.device)
         step = max(1, SIMILARITY_CHUNK // len(self))
         parts = []
@@ -166,11 +172,15 @@ class PhotoDatabase:
                 sims = sims - FACING_AWAY * torch.from_numpy(self._away(headings[start : start + step], slice(None), within_deg)).to(sims)
             parts.append(sims.topk(first, dim=1))
         sims, rows = torch.cat([p.values for p in parts]).cpu().numpy(), torch.cat([p.indices for p in parts]).cpu().numpy()
-        if rerank_k:
+        found = {0: (sims[:, :k], rows[:, :k])} if 0 in depths else {}
+        if max(depths):
             away = np.zeros(rows.shape, dtype=bool) if headings is None else self._away(headings, rows, within_deg)
-            sims, order = rerank(self.local, clues.local, self.local_rows[rows], away, FACING_AWAY)
-            rows = np.take_along_axis(rows, order, 1)
-        return sims[:, :k], rows[:, :k]
+            scores = candidate_scores(self.local, clues.local, self.local_rows[rows]) - FACING_AWAY * away
+            for depth in depths - {0}:
+                matched = min(max(k, depth), first)  # the first stage's best `matched`, as a re-ranking this deep sees them
+                order = np.argsort(-scores[:, :matched], axis=1, kind="stable")[:, :k]
+                found[depth] = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+        return found
 
     def _away(self, headings: np.ndarray, rows: np.ndarray | slice, within_deg: float) -> np.ndarray:
         """Whether photos ``rows`` (``[Q, K]``, or every photo) face more than ``within_deg`` from each query's
@@ -190,6 +200,18 @@ def _query_digests(street: Tensor, clues: Clues | None) -> list[bytes]:
     return [
         hashlib.blake2b(b"".join(np.ascontiguousarray(p[i]).tobytes() for p in parts), digest_size=16).digest() for i in range(len(street))
     ]
+
+
+def _short(found: tuple[np.ndarray, np.ndarray] | None, k: int) -> bool:
+    """Whether a remembered search (None: none) holds fewer than ``k`` neighbours."""
+    return found is None or found[0].shape[0] < k
+
+
+def _stacked(found: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` similarities and rows ``[Q, k]`` of each query's remembered search."""
+    if not found:
+        return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
+    return np.stack([s[:k] for s, _ in found]), np.stack([r[:k] for _, r in found])
 
 
 @torch.no_grad()
@@ -242,25 +264,45 @@ def candidate_xy(grid: ZoomGrid, result: BeamResult) -> np.ndarray:
     return np.stack(positions_xy(grid, result.paths.cpu().numpy(), offsets), axis=-1)
 
 
+@dataclass(frozen=True, eq=False)
+class Evidence:
+    """One query's candidate points ``[n, 2]`` (grid metres: the model's candidates, then its photos'), which lie
+    close enough to be one answer ``[n, n]``, the model's probabilities ``[m]`` and the photos' similarities
+    ``[n − m]``: what :func:`combine` weighs, apart from the weights, so that a fit tries many on one query."""
+
+    xy: np.ndarray
+    near: np.ndarray
+    model_probs: np.ndarray
+    sims: np.ndarray
+
+    @classmethod
+    def of(cls, grid: ZoomGrid, model: BeamResult, photo_xy: np.ndarray, sims: np.ndarray) -> Evidence:
+        xy = np.concatenate([candidate_xy(grid, model), photo_xy])
+        near = np.linalg.norm(xy[:, None] - xy[None], axis=-1) <= SAME_ANSWER_CELLS * grid.terminal_m
+        model_probs = np.maximum(model.log_probs.double().exp().cpu().numpy(), np.finfo(float).tiny)  # an answer even if it underflows
+        return cls(xy, near, model_probs, sims)
+
+    def answers(self, cfg: PhotoPriorConfig, topk: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``topk`` best points ``[t, 2]`` and their probabilities ``[t]`` under ``cfg``'s weight and temperature:
+        non-maximum suppression over every candidate point, merging what lies close to the best."""
+        photo_mass = np.exp((self.sims - self.sims.max()) / cfg.temperature)
+        mass = np.concatenate([(1 - cfg.weight) * self.model_probs, cfg.weight * photo_mass / photo_mass.sum()])
+        free = mass > 0
+        points, probs = [], []
+        while len(points) < topk and free.any():
+            support = np.where(free, (self.near & free[None]) @ mass, -1.0)
+            members = self.near[int(np.argmax(support))] & free
+            probs.append(mass[members].sum())
+            points.append(mass[members] @ self.xy[members] / probs[-1])
+            free &= ~members
+        return np.array(points), np.array(probs)
+
+
 def combine(grid: ZoomGrid, model: BeamResult, photo_xy: np.ndarray, sims: np.ndarray, cfg: PhotoPriorConfig, topk: int) -> BeamResult:
     """One query's answers from the model's candidates and its most similar photos (positions ``[k, 2]``,
-    similarities ``[k]``, best first; the first ``cfg.neighbours`` are read): non-maximum suppression over
-    every candidate point, merging what lies close to the best (see the module docstring)."""
-    photo_xy, sims = photo_xy[: cfg.neighbours], sims[: cfg.neighbours]
-    photo_mass = np.exp((sims - sims.max()) / cfg.temperature)
-    xy = np.concatenate([candidate_xy(grid, model), photo_xy])
-    model_mass = np.maximum(model.log_probs.double().exp().cpu().numpy(), np.finfo(float).tiny)  # an answer even if it underflows
-    mass = np.concatenate([(1 - cfg.weight) * model_mass, cfg.weight * photo_mass / photo_mass.sum()])
-    near = np.linalg.norm(xy[:, None] - xy[None], axis=-1) <= SAME_ANSWER_CELLS * grid.terminal_m
-    free = mass > 0
-    points, probs = [], []
-    while len(points) < topk and free.any():
-        support = np.where(free, (near & free[None]) @ mass, -1.0)
-        members = near[int(np.argmax(support))] & free
-        probs.append(mass[members].sum())
-        points.append(mass[members] @ xy[members] / probs[-1])
-        free &= ~members
-    points, probs = np.array(points), np.array(probs)
+    similarities ``[k]``, best first; the first ``cfg.neighbours`` are read): :meth:`Evidence.answers`, as the
+    cells (and offsets in them) a search result holds (see the module docstring)."""
+    points, probs = Evidence.of(grid, model, photo_xy[: cfg.neighbours], sims[: cfg.neighbours]).answers(cfg, topk)
     paths = grid.path_of_xy(points[:, 0], points[:, 1])
     cx, cy = grid.centre_xy_of_path(paths)
     offsets = np.stack([points[:, 0] - cx, cy - points[:, 1]], axis=-1) / grid.terminal_m
@@ -301,44 +343,47 @@ def fit_photo_prior(
     through a head fitted across captures: ``through_head`` gives the photos' maps as the head describes them
     (called only then: fitting one takes minutes; None: no head to fit), the queries' clues hold their plain
     ones; then whether more candidates (:data:`FIT_DEEPER_RERANKS`) re-ranked so find enough more to pay for
-    their time (:data:`DEEPER_GAIN`). Returns it and each (weight, temperature) pair's share (%)."""
+    their time (:data:`DEEPER_GAIN`), matched with the shallower where they can be (through the head, which is
+    fitted only once the shallower re-ranking pays). Returns it and each (weight, temperature) pair's share (%)."""
     model = index.search(street, beam=beam, topk=1, clues=clues)
     neighbours = PhotoPriorConfig().neighbours
 
-    def lookup(limit: float | None, rerank_k: int, database: PhotoDatabase = photos, queries: Clues | None = clues):
-        """The share whose most similar photo lies within ``within_m``, and the neighbours searched for it (each
-        lookup searched once: the chosen one's neighbours are what the weights are fitted on)."""
-        found = database.nearest(street, neighbours, queries, limit, rerank_k)
-        return float(np.mean(np.linalg.norm(database.xy[found[1][:, 0]] - truth_xy, axis=1) <= within_m)), found
+    def lookup(limit: float | None, depths: tuple[int, ...], database: PhotoDatabase = photos, queries: Clues | None = clues):
+        """Each depth's share whose most similar photo lies within ``within_m``, and the neighbours searched for
+        it (the chosen one's neighbours are what the weights are fitted on), every depth matched at once."""
+        found = database.nearest_at(street, neighbours, queries, limit, depths)
+        return {
+            depth: (float(np.mean(np.linalg.norm(database.xy[f[1][:, 0]] - truth_xy, axis=1) <= within_m)), f) for depth, f in found.items()
+        }
 
     known_headings = clues is not None and clues.heading_deg is not None
-    shares = {limit: lookup(limit, 0) for limit in (FIT_HEADINGS if known_headings else (None,))}
+    shares = {limit: lookup(limit, (0,))[0] for limit in (FIT_HEADINGS if known_headings else (None,))}
     heading = max(shares, key=lambda limit: (shares[limit][0], limit is None))
     share, (sims, rows) = shares[heading]
     base = PhotoPriorConfig(neighbours=neighbours, heading_deg=heading)
     if clues is not None and clues.local is not None and photos.local is not None:
-        reranked_share, reranked = lookup(heading, RERANK)
-        fitted = through_head() if through_head is not None and reranked_share > share else None
-        if reranked_share > share:
-            base, share, (sims, rows) = replace(base, rerank=RERANK), reranked_share, reranked
-        database, queries = photos, clues
-        if fitted is not None:
-            through, described = replace(photos, local=fitted), Clues(clues.heading_deg, fitted.describe(clues.local))
-            headed_share, headed = lookup(heading, RERANK, through, described)
-            if headed_share > share:
-                base, share, (sims, rows) = replace(base, local_head=True), headed_share, headed
-                database, queries = through, described
-        for depth in FIT_DEEPER_RERANKS if base.rerank else ():
-            deeper_share, deeper = lookup(heading, depth, database, queries)
-            if deeper_share > (1 + DEEPER_GAIN) * share:
-                base, share, (sims, rows) = replace(base, rerank=depth), deeper_share, deeper
+        reranked = lookup(heading, (RERANK,))
+        if reranked[RERANK][0] > share:
+            base, (share, (sims, rows)) = replace(base, rerank=RERANK), reranked[RERANK]
+            fitted = through_head() if through_head is not None else None
+            # through the head, the deeper candidates are matched with the shallower (a depth's are the first of the deepest's)
+            described = None if fitted is None else Clues(clues.heading_deg, fitted.describe(clues.local))
+            headed = {} if fitted is None else lookup(heading, (RERANK, *FIT_DEEPER_RERANKS), replace(photos, local=fitted), described)
+            if headed and headed[RERANK][0] > share:
+                base, (share, (sims, rows)), reranked = replace(base, local_head=True), headed[RERANK], headed
+            else:
+                reranked |= lookup(heading, FIT_DEEPER_RERANKS)
+            for depth in FIT_DEEPER_RERANKS:
+                if reranked[depth][0] > (1 + DEEPER_GAIN) * share:
+                    base, (share, (sims, rows)) = replace(base, rerank=depth), reranked[depth]
+    evidence = [Evidence.of(grid, r, photos.xy[rw], s) for r, s, rw in zip(model, sims, rows)]
     tried: dict[str, float] = {}
     best, best_share = replace(base, weight=0.0), -1.0
     # weight 0 is the model alone at any temperature: tried once
     pairs = [(0.0, FIT_TEMPERATURES[0]), *((w, t) for w, t in itertools.product(FIT_WEIGHTS, FIT_TEMPERATURES) if w > 0)]
     for weight, temperature in pairs:
         cfg = replace(base, weight=weight, temperature=temperature)
-        answers = np.stack([candidate_xy(grid, combine(grid, r, photos.xy[rw], s, cfg, 1))[0] for r, s, rw in zip(model, sims, rows)])
+        answers = np.stack([e.answers(cfg, 1)[0][0] for e in evidence])
         share = float(np.mean(np.linalg.norm(answers - truth_xy, axis=1) <= within_m))
         tried[f"weight {weight:g}, temperature {temperature:g}"] = 100 * share
         if share > best_share:
