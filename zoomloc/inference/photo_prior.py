@@ -366,9 +366,10 @@ def fit_photo_prior(
         if reranked[RERANK][0] > share:
             base, (share, (sims, rows)) = replace(base, rerank=RERANK), reranked[RERANK]
             fitted = through_head() if through_head is not None else None
-            # through the head, the deeper candidates are matched with the shallower (a depth's are the first of the deepest's)
-            described = None if fitted is None else Clues(clues.heading_deg, fitted.describe(clues.local))
-            headed = {} if fitted is None else lookup(heading, (RERANK, *FIT_DEEPER_RERANKS), replace(photos, local=fitted), described)
+            headed = {}
+            if fitted is not None:  # the deeper candidates matched with the shallower (a depth's are the first of the deepest's)
+                described = Clues(clues.heading_deg, fitted.describe(clues.local))
+                headed = lookup(heading, (RERANK, *FIT_DEEPER_RERANKS), replace(photos, local=fitted), described)
             if headed and headed[RERANK][0] > share:
                 base, (share, (sims, rows)), reranked = replace(base, local_head=True), headed[RERANK], headed
             else:
