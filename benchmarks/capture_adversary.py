@@ -99,8 +99,9 @@ def train_head(maps: torch.Tensor, cells: np.ndarray, captures: np.ndarray, adve
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     head = Head(maps.shape[1])
-    namer = nn.Linear(256, len(cell_ids))
-    guesser = nn.Sequential(nn.Linear(256, 256), nn.GELU(), nn.Linear(256, len(capture_ids)))
+    dim = head.proj.out_features
+    namer = nn.Linear(dim, len(cell_ids))
+    guesser = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, len(capture_ids)))
     optimizer = torch.optim.AdamW([*head.parameters(), *namer.parameters(), *guesser.parameters()], lr=1e-3, weight_decay=0.05)
     batch = min(batch, len(maps))
     for _ in range(steps):
