@@ -12,13 +12,14 @@ witness matches photos by: per location a 1×1, a depthwise 3×3 and a 1×1 conv
 projection) to name each training photo's cell one level above the terminal one, once per adversary weight
 (0: none), and prints for the val and test photos the nearest training photo by the head's embedding (R@1
 within 25 / 50 / 100 m, any heading) and how often the head names their cell. On the bench city's
-``sequence`` split the adversary doubled the nearest photo (twenty-third session in ``NOTES.md``)::
+``sequence`` split the adversary lifted the nearest photo 1.8 to 2.7 times; on the demo city split alike, with
+30 captures, not at all (twenty-third session in ``NOTES.md``)::
 
     python benchmarks/capture_adversary.py CITY_DIR --model RUN [--adversary 0 0.5] [--steps 2000] [--seed 0]
 
 CITY_DIR is a split city (``benchmarks/results/bench/sequence/city``), RUN a model trained on it (its street
-encoder makes the local cache, built once if missing: 4 min for the bench city). The training photos' maps are
-held in memory (460 MB for the bench city's 16 000); 2000 steps take about 5 min on 2 cores.
+encoder makes the local cache, built once if missing: 4 min for the bench city). The photos' maps are held in
+memory (570 MB of float16 for the bench city's 20 000); 2000 steps take about 5 min on 2 cores.
 """
 
 from __future__ import annotations
